@@ -1,0 +1,142 @@
+"""The runner: seeding, fresh param stores, checkpoint/resume, non-finite losses, settings."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import zoo
+from zoo import runner
+from zoo.errors import NonFiniteLossError, ZooError
+from zoo.model import Training, ZooModel
+
+
+def _fit(**kw):
+    kw.setdefault("eval_particles", 50)
+    return zoo.fit("gmm", progress=False, **kw)
+
+
+def _params(result):
+    return {k: v.clone() for k, v in result.param_state["params"].items()}
+
+
+def test_same_seed_same_history_different_seed_different():
+    a = _fit(steps=40, elbo="trace", seed=3)
+    b = _fit(steps=40, elbo="trace", seed=3)
+    c = _fit(steps=40, elbo="trace", seed=4)
+    cols = ["step", "elbo", "expected_log_likelihood", "kl", "train_elbo", "log_evidence"]
+    pd.testing.assert_frame_equal(a.history[cols], b.history[cols])
+    assert not np.allclose(a.history["train_elbo"][1:], c.history["train_elbo"][1:])
+
+
+def test_each_run_starts_from_a_fresh_param_store():
+    first = _fit(steps=30, elbo="trace")
+    again = _fit(steps=30, elbo="trace")
+    for name, value in _params(first).items():
+        torch.testing.assert_close(value, _params(again)[name], rtol=0, atol=0)
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch):
+    settings = dict(steps=60, elbo="trace", batch_size=100, seed=1, checkpoint_every=25)
+    whole = _fit(**settings)
+
+    save = runner._Trainer._save_checkpoint
+
+    def save_then_die(self, step, optim):
+        save(self, step, optim)
+        if step == 50:
+            raise KeyboardInterrupt  # the process is killed right after this checkpoint
+
+    monkeypatch.setattr(runner._Trainer, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(run_dir=tmp_path, **settings)
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 50
+
+    resumed = zoo.resume(tmp_path, progress=False)
+    for name, value in _params(whole).items():
+        torch.testing.assert_close(_params(resumed)[name], value, rtol=0, atol=0)
+    pd.testing.assert_frame_equal(
+        resumed.history.drop(columns="seconds"), whole.history.drop(columns="seconds")
+    )
+    assert resumed.diagnostics.elbo == whole.diagnostics.elbo
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path):
+    _fit(steps=10, elbo="trace", run_dir=tmp_path)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert set(ckpt) >= {"step", "params", "optim", "rng", "history"}
+
+
+class _Exploding(ZooModel):
+    """A likelihood scale that Adam drives through zero: the log-prob of x becomes NaN."""
+
+    name = "exploding"
+    title = "test model"
+    application = "test"
+    reference = "none"
+    guides = ("mean-field",)
+    training = Training(steps=50, lr=0.5)
+
+    def setup(self, data, **options):
+        self.num_data = 1
+
+    def model(self, subsample_size=None):
+        z = pyro.sample("z", dist.Normal(torch.tensor(0.0), 0.01))
+        scale = pyro.param("scale", torch.tensor(1.0))  # unconstrained on purpose
+        pyro.sample("x", dist.Normal(z, scale), obs=torch.tensor(0.0))
+
+
+def test_non_finite_loss_names_step_and_site():
+    with pytest.raises(NonFiniteLossError) as info:
+        zoo.fit(_Exploding(), progress=False, eval_particles=50)
+    message = str(info.value)
+    assert "\n" not in message
+    assert info.value.step >= 1
+    assert "'x'" in message or "param 'scale'" in message
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"guide": "mean-field"}, "has no guide"),
+        ({"elbo": "bogus"}, "unknown estimator"),
+        ({"method": "bogus"}, "unknown method"),
+        ({"steps": 0}, "positive integer"),
+        ({"lr": -1.0}, "lr must be"),
+        ({"eval_particles": 5}, "at least 30"),
+        ({"device": "tpu"}, "unknown device"),
+        ({"components": "three"}, "--components"),
+        ({"nonsense": 1}, "has no option"),
+    ],
+)
+def test_bad_settings_raise_zoo_errors(kwargs, match):
+    with pytest.raises(ZooError, match=match):
+        _fit(**{"steps": 5, **kwargs})
+
+
+def test_unknown_model():
+    with pytest.raises(ZooError, match="unknown model 'nope'"):
+        zoo.fit("nope")
+
+
+def test_history_has_terms_and_gap():
+    h = _fit(steps=20, elbo="trace", record_every=5).history
+    assert list(h["step"]) == [0, 5, 10, 15, 20]
+    assert {"elbo", "expected_log_likelihood", "kl", "log_evidence", "gap", "seconds"} <= set(h)
+    assert np.isfinite(h.drop(columns="train_elbo").to_numpy()).all()
+    assert math.isnan(h["train_elbo"].iloc[0]) and np.isfinite(h["train_elbo"].iloc[1:]).all()
+
+
+def test_elbo_halves_add_up_within_monte_carlo_error():
+    """ELBO = E log p(x|z) - KL. The KL here is analytic (Categorical vs Categorical) while
+    the ELBO and the expected log-likelihood are Monte Carlo: they agree within 4 SE."""
+    d = _fit(steps=20, elbo="trace", eval_particles=2000).diagnostics
+    assert d.kl_method == "analytic"
+    assert abs(d.elbo - (d.expected_log_likelihood - d.kl)) < 4 * d.expected_log_likelihood_se

@@ -1,0 +1,349 @@
+"""Model-agnostic diagnostics of a guide against its model, in nats.
+
+For S particles z_s ~ q drawn at once (vectorized), the log importance ratios
+``log w_s = log p(x, z_s) - log q(z_s)`` give
+
+- the ELBO, ``mean_s log w_s``, with its Monte Carlo standard error;
+- its two halves, the expected log-likelihood ``E_q log p(x | z)`` and ``KL(q || p(z))``
+  (analytic per site where torch registers the pair, Monte Carlo otherwise);
+- the importance-weighted bound ``log mean_s w_s`` (Burda, Grosse & Salakhutdinov 2016), with a
+  delta-method standard error, which tends to log p(x) from below as S grows;
+- the PSIS tail index k-hat of the ratios (Yao, Vehtari, Simpson & Gelman 2018): below 0.5
+  the guide is a good proposal, above 0.7 importance sampling with it is unreliable.
+
+When every latent lives inside the model's data plate (one latent per data point, as in a
+mixture or an autoencoder), the ratios factorise over points: the IWAE bound and k-hat are then
+computed per point, which is the bound users of those models expect.
+
+The gap to the exact log evidence, ``log p(x) - ELBO = KL(q || p(z | x)) >= 0``, is reported
+whenever the model knows log p(x).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from pyro.infer.importance import vectorized_importance_weights
+from pyro.poutine.util import site_is_subsample
+
+from zoo.model import ZooModel
+from zoo.psis import MIN_DRAWS, pareto_khat
+
+#: a particle chunk holds at most this many (particle, data point) pairs
+_CHUNK_BUDGET = 2_000_000
+
+
+@dataclass
+class Diagnostics:
+    """Everything the diagnostics measured for one guide; totals over the data, in nats."""
+
+    num_data: int
+    num_particles: int
+    elbo: float
+    elbo_se: float
+    expected_log_likelihood: float
+    expected_log_likelihood_se: float
+    kl: float
+    kl_method: str
+    kl_by_site: dict[str, float]
+    iwae: float
+    iwae_se: float
+    iwae_scope: str
+    khat: float
+    khat_scope: str
+    log_evidence: float | None = None
+    best_elbo: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def gap(self) -> float | None:
+        """log p(x) - ELBO, the KL from the guide to the exact posterior."""
+        return None if self.log_evidence is None else self.log_evidence - self.elbo
+
+    @property
+    def family_gap(self) -> float | None:
+        """How far the ELBO is below the best the guide family can reach (>= 0)."""
+        return None if self.best_elbo is None else self.best_elbo - self.elbo
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["gap"] = self.gap
+        out["gap_se"] = self.elbo_se if self.log_evidence is not None else None
+        out["family_gap"] = self.family_gap
+        n = self.num_data
+        per_point = {
+            key: (out[key] / n if isinstance(out[key], float) else None)
+            for key in (
+                "elbo",
+                "elbo_se",
+                "expected_log_likelihood",
+                "kl",
+                "iwae",
+                "log_evidence",
+                "gap",
+                "best_elbo",
+                "family_gap",
+            )
+        }
+        out["per_point"] = per_point
+        return finite_or_none(out)
+
+
+def finite_or_none(obj: Any) -> Any:
+    """JSON has no inf/nan: -inf (a k-hat with no tail) becomes "-inf", other non-finite None."""
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_or_none(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "-inf" if obj == -math.inf else None
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# Reducing site log-probabilities to one number per particle (and per data point)
+# --------------------------------------------------------------------------------------------
+def _latent_sites(trace) -> dict[str, dict]:
+    return {
+        name: site
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+    }
+
+
+def _observed_sites(trace) -> dict[str, dict]:
+    return {
+        name: site
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and site["is_observed"]
+    }
+
+
+def _particle_axis(lp: torch.Tensor, max_plate_nesting: int) -> int:
+    axis = lp.dim() - (max_plate_nesting + 1)
+    if axis < 0:  # a site whose log-prob did not broadcast over the particles
+        raise RuntimeError("a site's log-probability has no particle dimension")
+    return axis
+
+
+def _per_particle(lp: torch.Tensor, num: int, mpn: int) -> torch.Tensor:
+    """Sum a site's log-prob over everything but the particle dimension -> shape (num,)."""
+    lp = torch.as_tensor(lp)
+    if lp.dim() == 0:
+        return lp.expand(num)
+    axis = _particle_axis(lp, mpn)
+    lp = lp.movedim(axis, 0)
+    return lp.reshape(lp.shape[0], -1).sum(-1).expand(num)
+
+
+def _per_point(site: dict, lp: torch.Tensor, num: int, plate: str, size: int, mpn: int):
+    """Sum a site's log-prob over everything but particles and the data plate -> (num, size).
+
+    Returns None when the site is not inside the data plate.
+    """
+    frames = [f for f in site["cond_indep_stack"] if f.name == plate]
+    if not frames:
+        return None
+    lp = torch.as_tensor(lp)
+    p_axis = _particle_axis(lp, mpn)
+    d_axis = lp.dim() + frames[0].dim
+    lp = lp.movedim((p_axis, d_axis), (0, 1))
+    lp = lp.reshape(lp.shape[0], lp.shape[1], -1).sum(-1)
+    return lp.expand(num, size)
+
+
+def _analytic_kl(q_site: dict, p_site: dict, num: int, mpn: int) -> torch.Tensor | None:
+    try:
+        kl = torch.distributions.kl_divergence(q_site["fn"], p_site["fn"])
+    except NotImplementedError:
+        return None
+    if q_site.get("mask") is not None or p_site.get("mask") is not None:
+        return None
+    if not torch.isfinite(kl).all():
+        return None
+    return _per_particle(kl, num, mpn)
+
+
+@dataclass
+class _Chunk:
+    log_w: torch.Tensor  # (n,)
+    ell: torch.Tensor  # (n,)
+    kl: torch.Tensor  # (n,)
+    kl_by_site: dict[str, torch.Tensor]
+    analytic_sites: set[str]
+    unpaired_sites: set[str]  # latents only in the guide (auxiliary) or only in the model
+    point_log_w: torch.Tensor | None  # (n, N) when ratios factorise over the data plate
+
+
+def _evaluate_chunk(zoo_model: ZooModel, guide: Callable, num: int) -> _Chunk:
+    mpn = zoo_model.max_plate_nesting
+    _, model_trace, guide_trace = vectorized_importance_weights(
+        zoo_model.model, guide, num_samples=num, max_plate_nesting=mpn
+    )
+    # the particles sit at dim -(max_plate_nesting + 1) of every log-prob
+    q_sites = _latent_sites(guide_trace)
+    p_sites = _latent_sites(model_trace)
+    obs_sites = _observed_sites(model_trace)
+    zero = torch.zeros(num, device=zoo_model.device)
+
+    ell = sum((_per_particle(s["log_prob"], num, mpn) for s in obs_sites.values()), zero)
+    log_q = {n: _per_particle(s["log_prob"], num, mpn) for n, s in q_sites.items()}
+    log_p = {n: _per_particle(s["log_prob"], num, mpn) for n, s in p_sites.items()}
+    log_w = ell + sum(log_p.values(), zero) - sum(log_q.values(), zero)
+
+    kl_by_site: dict[str, torch.Tensor] = {}
+    analytic: set[str] = set()
+    for name in q_sites.keys() & p_sites.keys():
+        kl = _analytic_kl(q_sites[name], p_sites[name], num, mpn)
+        if kl is None:
+            kl = log_q[name] - log_p[name]
+        else:
+            analytic.add(name)
+        kl_by_site[name] = kl
+    # guide-only sites (auxiliary latents of joint guides) and model-only latents
+    rest = sum((log_q[n] for n in q_sites.keys() - p_sites.keys()), zero) - sum(
+        (log_p[n] for n in p_sites.keys() - q_sites.keys()), zero
+    )
+    kl_total = sum(kl_by_site.values(), zero) + rest
+
+    point_log_w = None
+    plate = zoo_model.data_plate
+    if plate is not None:
+        point_log_w = _point_log_weights(zoo_model, model_trace, guide_trace, num, mpn)
+    unpaired = q_sites.keys() ^ p_sites.keys()
+    return _Chunk(log_w, ell, kl_total, kl_by_site, analytic, unpaired, point_log_w)
+
+
+def _point_log_weights(zoo_model, model_trace, guide_trace, num, mpn):
+    """Per-point log ratios, or None if some site lies outside the data plate."""
+    plate, size = zoo_model.data_plate, zoo_model.num_data
+    total = torch.zeros(num, size, device=zoo_model.device)
+    for sign, sites in (
+        (1.0, {**_latent_sites(model_trace), **_observed_sites(model_trace)}),
+        (-1.0, _latent_sites(guide_trace)),
+    ):
+        for site in sites.values():
+            lp = _per_point(site, site["log_prob"], num, plate, size, mpn)
+            if lp is None:
+                if torch.as_tensor(site["log_prob"]).abs().sum() == 0:
+                    continue
+                return None
+            total = total + sign * lp
+    return total
+
+
+# --------------------------------------------------------------------------------------------
+# Estimates from log ratios
+# --------------------------------------------------------------------------------------------
+def log_mean_exp(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """log(mean(exp(log_w))) along ``dim``, computed stably."""
+    return torch.logsumexp(log_w, dim) - math.log(log_w.shape[dim])
+
+
+def iwae_with_se(log_w: torch.Tensor, dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The importance-weighted bound log mean w and its delta-method standard error."""
+    n = log_w.shape[dim]
+    w = torch.exp(log_w - log_w.amax(dim, keepdim=True))
+    se = w.std(dim) / (w.mean(dim) * math.sqrt(n))
+    return log_mean_exp(log_w, dim), se
+
+
+def mean_with_se(x: torch.Tensor) -> tuple[float, float]:
+    n = x.shape[0]
+    se = x.std().item() / math.sqrt(n) if n > 1 else math.nan
+    return x.mean().item(), se
+
+
+@torch.no_grad()
+def evaluate(
+    zoo_model: ZooModel,
+    guide: Callable,
+    *,
+    num_particles: int = 1000,
+    guide_name: str | None = None,
+    with_khat: bool = True,
+) -> Diagnostics:
+    """Diagnose ``guide`` against ``zoo_model`` at the current parameters (full data)."""
+    if num_particles < 2:
+        raise ValueError("the diagnostics need at least 2 particles")
+    per_chunk = max(2, min(num_particles, _CHUNK_BUDGET // max(zoo_model.num_data, 1)))
+    chunks: list[_Chunk] = []
+    remaining = num_particles
+    while remaining > 0:
+        n = min(per_chunk, remaining)
+        n = n if n > 1 or not chunks else 2  # a single particle would drop the particle dim
+        chunks.append(_evaluate_chunk(zoo_model, guide, n))
+        remaining -= n
+    log_w = torch.cat([c.log_w for c in chunks]).double().cpu()
+    ell = torch.cat([c.ell for c in chunks]).double().cpu()
+    kl = torch.cat([c.kl for c in chunks]).double().cpu()
+    sites = chunks[0].kl_by_site.keys()
+    kl_by_site = {s: torch.cat([c.kl_by_site[s] for c in chunks]).mean().item() for s in sites}
+    analytic = chunks[0].analytic_sites
+    if not analytic:
+        kl_method = "monte-carlo"
+    elif analytic == set(sites) and not chunks[0].unpaired_sites:
+        kl_method = "analytic"
+    else:
+        kl_method = "mixed"
+
+    elbo, elbo_se = mean_with_se(log_w)
+    ell_mean, ell_se = mean_with_se(ell)
+    point_log_w = None
+    if all(c.point_log_w is not None for c in chunks):
+        point_log_w = torch.cat([c.point_log_w for c in chunks]).double().cpu()
+
+    if point_log_w is not None:
+        iwae_i, se_i = iwae_with_se(point_log_w, 0)
+        iwae, iwae_se = iwae_i.sum().item(), se_i.pow(2).sum().sqrt().item()
+        iwae_scope = f"per data point, K={log_w.shape[0]}"
+    else:
+        iwae_t, se_t = iwae_with_se(log_w, 0)
+        iwae, iwae_se = iwae_t.item(), se_t.item()
+        iwae_scope = f"joint, K={log_w.shape[0]}"
+
+    khat, khat_scope = math.nan, "not computed"
+    if with_khat and log_w.shape[0] >= MIN_DRAWS:
+        if point_log_w is not None:
+            columns = point_log_w.numpy().T
+            ks = np.array([pareto_khat(column) for column in columns])
+            khat, khat_scope = float(ks.max()), "max over data points"
+        else:
+            khat, khat_scope = pareto_khat(log_w.numpy()), "joint"
+
+    log_evidence = zoo_model.log_evidence()
+    best = zoo_model.best_elbo(guide_name) if guide_name is not None else None
+    return Diagnostics(
+        num_data=zoo_model.num_data,
+        num_particles=int(log_w.shape[0]),
+        elbo=elbo,
+        elbo_se=elbo_se,
+        expected_log_likelihood=ell_mean,
+        expected_log_likelihood_se=ell_se,
+        kl=kl.mean().item(),
+        kl_method=kl_method,
+        kl_by_site=kl_by_site,
+        iwae=iwae,
+        iwae_se=iwae_se,
+        iwae_scope=iwae_scope,
+        khat=khat,
+        khat_scope=khat_scope,
+        log_evidence=None if log_evidence is None else float(log_evidence),
+        best_elbo=None if best is None else float(best),
+    )
+
+
+@torch.no_grad()
+def quick_terms(zoo_model: ZooModel, guide: Callable, num_particles: int) -> dict[str, float]:
+    """ELBO and its two halves from a few particles: cheap enough to log during training."""
+    chunk = _evaluate_chunk(zoo_model, guide, max(2, num_particles))
+    return {
+        "elbo": chunk.log_w.mean().item(),
+        "expected_log_likelihood": chunk.ell.mean().item(),
+        "kl": chunk.kl.mean().item(),
+    }

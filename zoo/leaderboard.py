@@ -1,0 +1,81 @@
+"""``python -m zoo.run all``: every model with each of its leaderboard configurations.
+
+Each run is saved like a single run (``runs/<model>/<run-id>/``); the table of all of them,
+one row per (model, guide, training), goes to ``runs/leaderboard.csv`` and to stdout.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from zoo.outputs import default_run_dir
+from zoo.registry import get_model, model_names
+from zoo.runner import fit
+
+COLUMNS = [
+    "model",
+    "guide",
+    "training",
+    "n",
+    "elbo",
+    "log_evidence",
+    "gap",
+    "gap_per_point",
+    "iwae",
+    "khat",
+    "seconds",
+]
+
+
+def run_all(
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    root: str | Path = "runs",
+    device: str = "cpu",
+    progress: bool = False,
+    echo: bool = True,
+) -> pd.DataFrame:
+    """Run every registered model's leaderboard configurations; save and return the table."""
+    rows = []
+    for name in model_names():
+        cls = get_model(name)
+        for overrides in cls.leaderboard:
+            overrides = dict(overrides)
+            options = overrides.pop("options", {})
+            run_dir = default_run_dir(name, seed, root)
+            result = fit(
+                name,
+                quick=quick,
+                seed=seed,
+                device=device,
+                run_dir=run_dir,
+                progress=progress,
+                **overrides,
+                **options,
+            )
+            result.save(run_dir)
+            rows.append(result.leaderboard_row())
+            if echo:
+                print(f"done {name} / {result.config.guide} / {result.config.training_label}")
+    table = pd.DataFrame(rows)[COLUMNS]
+    Path(root).mkdir(parents=True, exist_ok=True)
+    table.to_csv(Path(root) / "leaderboard.csv", index=False)
+    if echo:
+        print(format_table(table))
+        print(f"leaderboard written to {Path(root) / 'leaderboard.csv'}")
+    return table
+
+
+def format_table(table: pd.DataFrame) -> str:
+    def fmt(value) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.4g}" if abs(value) < 1e-3 or abs(value) >= 1e5 else f"{value:.4f}"
+        return str(value)
+
+    return table.to_string(index=False, formatters={c: fmt for c in table.columns})

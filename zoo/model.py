@@ -1,0 +1,206 @@
+"""The contract every zoo model fulfils.
+
+A zoo model is a Pyro model together with the guides it supports, its data, and whatever is
+known exactly about it. The runner (:mod:`zoo.runner`), the diagnostics
+(:mod:`zoo.diagnostics`) and the command line (:mod:`zoo.run`) only ever talk to a model
+through this class, so a new application of the ELBO is one new subclass in ``zoo/models/``.
+
+What a subclass must provide
+----------------------------
+- ``name`` (registry key, kebab-case), ``title``, ``application`` (the row of the applications
+  table it belongs to) and ``reference`` (the paper or chapter it follows);
+- ``setup(data, **options)``: load or simulate the data, set ``num_data``;
+- ``model(subsample_size=None)``: the Pyro model. It must broadcast over a leading particle
+  dimension (vectorized particles), so write ``(w * X).sum(-1)`` rather than ``X @ w``;
+- ``guides`` and ``default_guide``: the guide names it accepts. Names from
+  :data:`guides.FAMILIES` are built generically; a model adds its own (for example ``exact``)
+  by overriding :meth:`build_guide`.
+
+What a subclass should provide where it exists
+----------------------------------------------
+- :meth:`log_evidence`: the exact log evidence at the current parameters (closed form,
+  quadrature, transfer matrix). Never an estimate: leave it out where nothing is exact.
+- :meth:`best_elbo`: the largest ELBO a guide family can reach, where known exactly.
+- :meth:`closed_form_step`: one coordinate-ascent update in closed form (EM, CAVI).
+- :meth:`summary` and :meth:`figures`: fitted quantities and the model's own pictures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from zoo.errors import ZooError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from zoo.results import FitResult
+
+
+@dataclass(frozen=True)
+class Option:
+    """A model-specific option, exposed as ``--<name>`` on the command line.
+
+    ``type`` converts a string (from the command line) or a Python value into the option's
+    value and raises :class:`ValueError` with a readable message when it cannot.
+    """
+
+    name: str
+    type: Callable[[Any], Any]
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def convert(self, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            converted = self.type(value)
+        except (TypeError, ValueError) as exc:
+            raise ZooError(f"option {self.flag}: {exc}") from None
+        if self.choices is not None and converted not in self.choices:
+            allowed = ", ".join(map(str, self.choices))
+            raise ZooError(f"option {self.flag}: {value!r} is not one of {allowed}")
+        return converted
+
+
+@dataclass(frozen=True)
+class Training:
+    """Default training settings of a model; every field can be overridden per run."""
+
+    steps: int = 2000
+    lr: float = 0.01
+    quick_steps: int = 200
+    #: learning rate at the last step as a fraction of ``lr`` (exponential decay in between)
+    lr_final_factor: float = 1.0
+    particles: int = 1
+    batch_size: int | None = None
+    #: number of closed-form (EM / CAVI) iterations when ``method="closed-form"``
+    closed_form_steps: int = 100
+
+
+class ZooModel:
+    """Base class of every zoo model. See the module docstring for the contract."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    application: ClassVar[str]
+    reference: ClassVar[str]
+
+    options: ClassVar[tuple[Option, ...]] = ()
+    guides: ClassVar[tuple[str, ...]] = ("mean-field",)
+    default_guide: ClassVar[str] = "mean-field"
+    #: estimator used unless the run names another; see :data:`zoo.estimators.ESTIMATORS`
+    default_elbo: ClassVar[str] = "trace"
+    #: a better estimator for a particular guide, e.g. ``{"mean-field": "meanfield"}``
+    elbo_for_guide: ClassVar[dict[str, str]] = {}
+    training: ClassVar[Training] = Training()
+    max_plate_nesting: ClassVar[int] = 1
+    #: name of the plate over data points, when each point has latents of its own (local
+    #: latents); the diagnostics then give per-point importance weights
+    data_plate: ClassVar[str | None] = None
+    #: what a closed-form coordinate-ascent step is called for this model ("EM", "CAVI")
+    closed_form_name: ClassVar[str | None] = None
+    #: runs shown on the leaderboard of ``python -m zoo.run all``: overrides of the defaults
+    leaderboard: ClassVar[tuple[dict[str, Any], ...]] = ({},)
+    #: latents are a parameter vector (not one per data point): save posterior draws for ArviZ
+    save_posterior_draws: ClassVar[bool] = False
+    #: what ``--data PATH`` accepts, when the model reads the user's own data file
+    data_help: ClassVar[str | None] = None
+
+    num_data: int
+
+    def __init__(self, data: Any = None, *, device: str = "cpu", **options: Any) -> None:
+        self.device = torch.device(device)
+        known = {opt.name: opt for opt in self.options}
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ZooError(f"model {self.name!r} has no option {unknown[0]!r}")
+        values = {name: opt.default for name, opt in known.items()}
+        values.update({k: known[k].convert(v) for k, v in options.items() if v is not None})
+        self.option_values = values
+        self.setup(data, **values)
+
+    # -- to implement -------------------------------------------------------------------------
+    def setup(self, data: Any, **options: Any) -> None:
+        """Load or simulate the data and set ``num_data``."""
+        raise NotImplementedError
+
+    def model(self, subsample_size: int | None = None) -> None:
+        """The Pyro model p(x, z) (with parameters theta as ``pyro.param``)."""
+        raise NotImplementedError
+
+    # -- guides -------------------------------------------------------------------------------
+    def create_plates(self, subsample_size: int | None = None) -> Any:
+        """The data plate(s), for autoguides of models that mini-batch; None otherwise."""
+        return None
+
+    def build_guide(self, name: str) -> Callable[..., Any]:
+        """Build the guide called ``name``; families from :mod:`guides` by default."""
+        from guides import make_guide
+
+        if name not in self.guides:
+            raise ZooError(
+                f"model {self.name!r} has no guide {name!r}; choose from {', '.join(self.guides)}"
+            )
+        plates = self.create_plates if self.data_plate is not None else None
+        return make_guide(name, self.model, create_plates=plates)
+
+    # -- what is known exactly ----------------------------------------------------------------
+    @classmethod
+    def has_exact_evidence(cls) -> bool:
+        return cls.log_evidence is not ZooModel.log_evidence
+
+    def log_evidence(self) -> float | None:
+        """Exact log p(x) at the current parameters, in nats (total over the data)."""
+        return None
+
+    def best_elbo(self, guide: str) -> float | None:
+        """The largest ELBO the guide family can reach at the current parameters, if known."""
+        return None
+
+    # -- optional closed-form training ---------------------------------------------------------
+    @classmethod
+    def has_closed_form(cls) -> bool:
+        return cls.closed_form_step is not ZooModel.closed_form_step
+
+    def closed_form_step(self, guide: Callable[..., Any]) -> None:
+        """One closed-form coordinate-ascent update of the param store (EM, CAVI)."""
+        raise ZooError(f"model {self.name!r} has no closed-form updates")
+
+    # -- reporting ----------------------------------------------------------------------------
+    def summary(self, guide: Callable[..., Any]) -> dict[str, Any]:
+        """Fitted quantities worth reporting (JSON-serialisable), at the current parameters."""
+        return {}
+
+    def figures(self, result: FitResult, outdir: Path) -> list[Path]:
+        """Draw the model's own figures into ``outdir``; return the files written."""
+        return []
+
+    # -- helpers for subclasses ----------------------------------------------------------------
+    def tensor(self, value: Any, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """A tensor on the model's device (float64 unless told otherwise)."""
+        return torch.as_tensor(value, dtype=dtype, device=self.device)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "application": self.application,
+            "reference": self.reference,
+            "num_data": self.num_data,
+            "options": {k: _jsonable(v) for k, v in self.option_values.items()},
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -1,0 +1,120 @@
+"""Figures every run gets: the ELBO trace against the exact log evidence, and its two halves.
+
+Models draw their own pictures in their ``figures`` method; these two read only a run's
+history, so they look the same for every model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+
+def _finite(series: pd.Series) -> bool:
+    return bool(np.isfinite(series.to_numpy(dtype=float)).any())
+
+
+def elbo_trace(history: pd.DataFrame, title: str, path: Path) -> Path:
+    """ELBO per recorded step, with the exact log evidence as a line where it is known."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
+    ax.plot(history["step"], history["elbo"], label="ELBO", color="C0")
+    if "log_evidence" in history and _finite(history["log_evidence"]):
+        ax.plot(
+            history["step"], history["log_evidence"], "--", color="k", label="exact log evidence"
+        )
+        final_gap = history["gap"].iloc[-1]
+        ax.set_title(f"{title}\nfinal gap {final_gap:.4g} nats")
+    else:
+        ax.set_title(title)
+    _zoom_to_tail(ax, history)
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats (total over the data)")
+    ax.legend(loc="lower right")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _zoom_to_tail(ax, history: pd.DataFrame) -> None:
+    """Keep the last 80% of the run readable: early ELBOs can be orders of magnitude lower."""
+    tail = history.iloc[len(history) // 5 :]
+    values = [tail["elbo"].to_numpy(dtype=float)]
+    if "log_evidence" in tail:
+        values.append(tail["log_evidence"].to_numpy(dtype=float))
+    stacked = np.concatenate(values)
+    stacked = stacked[np.isfinite(stacked)]
+    if stacked.size:
+        lo, hi = stacked.min(), stacked.max()
+        pad = 0.1 * (hi - lo) + 1e-6 * max(1.0, abs(hi))
+        ax.set_ylim(lo - pad, hi + pad)
+
+
+def elbo_terms(history: pd.DataFrame, title: str, path: Path) -> Path:
+    """The ELBO split into expected log-likelihood and KL(q || prior)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.6), constrained_layout=True)
+    axes[0].plot(history["step"], history["expected_log_likelihood"], color="C2")
+    axes[0].set_title("expected log-likelihood  E_q log p(x | z)")
+    axes[1].plot(history["step"], history["kl"], color="C3")
+    axes[1].set_title("KL(q(z) || p(z))")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.set_ylabel("nats")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def ellipse(ax, mean, cov, *, nsig: float = 2.0, **kwargs):
+    """Draw the ``nsig``-standard-deviation ellipse of a 2-D Gaussian."""
+    from matplotlib.patches import Ellipse
+
+    vals, vecs = np.linalg.eigh(np.asarray(cov))
+    angle = np.degrees(np.arctan2(vecs[1, -1], vecs[0, -1]))
+    width, height = 2 * nsig * np.sqrt(np.maximum(vals[::-1], 0.0))
+    kwargs.setdefault("fill", False)
+    patch = Ellipse(tuple(mean), width, height, angle=angle, **kwargs)
+    ax.add_patch(patch)
+    return patch
+
+
+def mixture_components(x, resp, fitted, feature_names, path: Path, title: str) -> Path:
+    """Points coloured by their most probable component, with each component's 2-sigma ellipse.
+
+    Data with more than two features are shown on their first two principal axes, and the
+    components' covariances are projected onto the same axes.
+    """
+    mean = x.mean(0)
+    if x.shape[1] > 2:
+        _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+        proj = vt[:2].T
+        labels = ["principal axis 1", "principal axis 2"]
+    else:
+        proj = np.eye(x.shape[1])[:, :2] if x.shape[1] == 2 else np.eye(1)
+        labels = list(feature_names[:2])
+    fig, ax = plt.subplots(figsize=(6.0, 5.0), constrained_layout=True)
+    if x.shape[1] == 1:
+        ax.hist(x[:, 0], bins=40, density=True, color="0.8")
+        ax.set_xlabel(feature_names[0])
+    else:
+        xy = (x - mean) @ proj
+        ax.scatter(xy[:, 0], xy[:, 1], c=resp.argmax(1), cmap="tab10", s=8, alpha=0.6)
+        for k, (w, mu, cov) in enumerate(
+            zip(fitted["weights"], fitted["means"], fitted["covariances"], strict=True)
+        ):
+            centre = (mu - mean) @ proj
+            ellipse(ax, centre, proj.T @ cov @ proj, color=f"C{k}", lw=2)
+            ax.annotate(f"{w:.2f}", centre, ha="center", va="center", weight="bold")
+        ax.set_xlabel(labels[0])
+        ax.set_ylabel(labels[1])
+        ax.set_aspect("equal", adjustable="datalim")
+    ax.set_title(title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
