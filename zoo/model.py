@@ -22,7 +22,7 @@ What a subclass should provide where it exists
   quadrature, transfer matrix). Never an estimate: leave it out where nothing is exact.
 - :meth:`best_elbo`: the largest ELBO a guide family can reach, where known exactly.
 - :meth:`closed_form_step`: one coordinate-ascent update in closed form (EM, CAVI).
-- :meth:`summary` and :meth:`figures`: fitted quantities and the model's own pictures.
+- :meth:`summary` and :meth:`plots`: fitted quantities and the model's own figures.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ import torch
 from zoo.errors import ZooError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
     from zoo.results import FitResult
 
 
@@ -180,9 +182,12 @@ class ZooModel:
         """Fitted quantities worth reporting (JSON-serialisable), at the current parameters."""
         return {}
 
-    def figures(self, result: FitResult, outdir: Path) -> list[Path]:
-        """Draw the model's own figures into ``outdir``; return the files written."""
-        return []
+    def plots(self, result: FitResult) -> dict[str, Figure]:
+        """The model's own figures at the current parameters, by file stem (``"components"``).
+
+        The outputs layer saves them as ``<stem>.png``; the docs gallery shows them inline.
+        """
+        return {}
 
     # -- helpers for subclasses ----------------------------------------------------------------
     def tensor(self, value: Any, dtype: torch.dtype = torch.float64) -> torch.Tensor:

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 
-from zoo import plots
 from zoo.diagnostics import finite_or_none
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,13 +52,12 @@ def save_run(result: FitResult, run_dir: Path) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / REPORT).unlink(missing_ok=True)
     result.history.to_csv(run_dir / "history.csv", index=False)
-    title = f"{result.model.title} - {result.config.guide} guide, {result.method_label}"
-    files = [
-        plots.elbo_trace(result.history, title, run_dir / "elbo_trace.png"),
-        plots.elbo_terms(result.history, title, run_dir / "elbo_terms.png"),
-    ]
-    result.activate()
-    files += result.model.figures(result, run_dir)
+    files = []
+    for stem, fig in result.figures().items():
+        path = run_dir / f"{stem}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files.append(path)
     if result.posterior_draws:
         draws = {k: v.numpy() for k, v in result.posterior_draws.items()}
         path = run_dir / "posterior.nc"

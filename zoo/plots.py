@@ -1,26 +1,27 @@
-"""Figures every run gets: the ELBO trace against the exact log evidence, and its two halves.
+"""Figures: the ELBO trace against the exact log evidence and its two halves, which every
+run gets and which read only a run's history, and drawing helpers models share.
 
-Models draw their own pictures in their ``figures`` method; these two read only a run's
-history, so they look the same for every model.
+Every function returns a :class:`matplotlib.figure.Figure`; :mod:`zoo.outputs` saves them,
+the docs gallery shows them.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
 
 
 def _finite(series: pd.Series) -> bool:
     return bool(np.isfinite(series.to_numpy(dtype=float)).any())
 
 
-def elbo_trace(history: pd.DataFrame, title: str, path: Path) -> Path:
+def elbo_trace(history: pd.DataFrame, title: str) -> Figure:
     """ELBO per recorded step, with the exact log evidence as a line where it is known."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
     ax.plot(history["step"], history["elbo"], label="ELBO", color="C0")
@@ -36,9 +37,7 @@ def elbo_trace(history: pd.DataFrame, title: str, path: Path) -> Path:
     ax.set_xlabel("step")
     ax.set_ylabel("nats (total over the data)")
     ax.legend(loc="lower right")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _zoom_to_tail(ax, history: pd.DataFrame) -> None:
@@ -55,7 +54,7 @@ def _zoom_to_tail(ax, history: pd.DataFrame) -> None:
         ax.set_ylim(lo - pad, hi + pad)
 
 
-def elbo_terms(history: pd.DataFrame, title: str, path: Path) -> Path:
+def elbo_terms(history: pd.DataFrame, title: str) -> Figure:
     """The ELBO split into expected log-likelihood and KL(q || prior)."""
     fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.6), constrained_layout=True)
     axes[0].plot(history["step"], history["expected_log_likelihood"], color="C2")
@@ -66,9 +65,7 @@ def elbo_terms(history: pd.DataFrame, title: str, path: Path) -> Path:
         ax.set_xlabel("step")
         ax.set_ylabel("nats")
     fig.suptitle(title)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def ellipse(ax, mean, cov, *, nsig: float = 2.0, **kwargs):
@@ -84,7 +81,7 @@ def ellipse(ax, mean, cov, *, nsig: float = 2.0, **kwargs):
     return patch
 
 
-def mixture_components(x, resp, fitted, feature_names, path: Path, title: str) -> Path:
+def mixture_components(x, resp, fitted, feature_names, title: str) -> Figure:
     """Points coloured by their most probable component, with each component's 2-sigma ellipse.
 
     Data with more than two features are shown on their first two principal axes, and the
@@ -115,6 +112,4 @@ def mixture_components(x, resp, fitted, feature_names, path: Path, title: str) -
         ax.set_ylabel(labels[1])
         ax.set_aspect("equal", adjustable="datalim")
     ax.set_title(title)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig

@@ -108,6 +108,19 @@ class FitResult:
             "seconds": self.seconds,
         }
 
+    def figures(self) -> dict[str, Any]:
+        """Every figure of this run by file stem: the ELBO trace, its terms, the model's own."""
+        from zoo import plots
+
+        title = f"{self.model.title} - {self.config.guide} guide, {self.method_label}"
+        figures = {
+            "elbo_trace": plots.elbo_trace(self.history, title),
+            "elbo_terms": plots.elbo_terms(self.history, title),
+        }
+        self.activate()
+        figures.update(self.model.plots(self))
+        return figures
+
     def save(self, run_dir: str | Path) -> Path:
         """Write history, report, figures and (where it applies) ArviZ data into ``run_dir``."""
         from zoo.outputs import save_run

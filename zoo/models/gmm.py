@@ -244,16 +244,14 @@ class GaussianMixture(ZooModel):
             "peer_sklearn_log_likelihood_per_point": self.peer_log_likelihood(),
         }
 
-    def figures(self, result, outdir: Path) -> list[Path]:
+    def plots(self, result) -> dict:
         from zoo.plots import mixture_components
 
-        path = outdir / "components.png"
-        mixture_components(
+        fig = mixture_components(
             self.x.cpu().numpy(),
             torch.softmax(self.log_joint(), -1).cpu().numpy(),
             self.fitted(),
             self.feature_names,
-            path,
             title=f"{self.title}: {result.method_label}",
         )
-        return [path]
+        return {"components": fig}
