@@ -73,9 +73,11 @@ def test_all_quick_writes_a_leaderboard(cli):
     assert {"elbo", "log_evidence", "gap", "iwae", "khat", "seconds"} <= set(table.columns)
     assert set(table["model"]) == set(model_names())
     exact = table.dropna(subset=["log_evidence"])
-    # every exact value is an upper bound on its ELBO (3 nats: far above the MC error of
-    # 1000-particle estimates here, far below any real violation)
-    assert (exact["gap"] > -1e-6 * exact["log_evidence"].abs() - 1e-3).all()
+    assert len(exact) > 0
+    # the exact log evidence bounds every ELBO, up to 3 Monte Carlo standard errors (and
+    # float64 rounding of the sums: 1e-9 relative)
+    slack = 3 * exact["elbo_se"] + 1e-9 * exact["log_evidence"].abs()
+    assert (exact["gap"] >= -slack).all(), exact[["model", "guide", "gap", "elbo_se"]]
 
 
 def _fails_cleanly(out, needle):

@@ -21,6 +21,7 @@ COLUMNS = [
     "training",
     "n",
     "elbo",
+    "elbo_se",
     "log_evidence",
     "gap",
     "gap_per_point",
@@ -36,10 +37,13 @@ def run_all(
     seed: int = 0,
     root: str | Path = "runs",
     device: str = "cpu",
-    progress: bool = False,
+    progress: bool | None = False,
     echo: bool = True,
 ) -> pd.DataFrame:
-    """Run every registered model's leaderboard configurations; save and return the table."""
+    """Run every registered model's leaderboard configurations; save and return the table.
+
+    ``progress=None`` shows progress bars only when stderr is a terminal.
+    """
     rows = []
     for name in model_names():
         cls = get_model(name)

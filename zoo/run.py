@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 root=args.out,
                 device=args.device,
-                progress=not args.quiet,
+                progress=False if args.quiet else None,
                 echo=not args.quiet,
             )
         else:
