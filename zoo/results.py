@@ -41,6 +41,7 @@ class RunConfig:
     record_every: int
     checkpoint_every: int
     quick: bool = False
+    kl_warmup: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)

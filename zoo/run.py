@@ -46,6 +46,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a non-negative integer")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -111,6 +118,13 @@ def _add_training_options(parser: argparse.ArgumentParser, cls: type[ZooModel]) 
     )
     if cls.data_plate is not None:
         train.add_argument("--batch-size", type=_positive_int, help="mini-batch size (subsample)")
+    train.add_argument(
+        "--kl-warmup",
+        type=_non_negative_int,
+        default=0,
+        metavar="STEPS",
+        help="ramp the KL weight from 0 to 1 over STEPS (the reported ELBO is at weight 1)",
+    )
     diag = parser.add_argument_group("diagnostics")
     diag.add_argument(
         "--eval-particles",
@@ -220,6 +234,7 @@ def _run_model(args: argparse.Namespace) -> None:
             run_dir=run_dir,
             progress=False if args.quiet else None,
             threads=args.threads,
+            kl_warmup=args.kl_warmup,
             **options,
         )
         result.save(run_dir)

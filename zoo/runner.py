@@ -36,6 +36,7 @@ from pyro.optim import ClippedAdam
 from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
+from zoo.annealing import LatentScale, warmup_weight
 from zoo.diagnostics import evaluate, quick_terms
 from zoo.errors import NonFiniteLossError, ZooError
 from zoo.estimators import ESTIMATORS, make_estimator, prepare_guide
@@ -71,6 +72,7 @@ def fit(
     run_dir: str | Path | None = None,
     progress: bool | None = None,
     threads: int | None = None,
+    kl_warmup: int = 0,
     **options: Any,
 ) -> FitResult:
     """Train ``model`` (a registered name or a :class:`ZooModel`) and diagnose the result.
@@ -79,7 +81,9 @@ def fit(
     ``quick`` swaps in its short step count. Model-specific options (``components=3``...) go
     in ``**options``. With ``run_dir`` the run checkpoints there and can be resumed.
     ``threads`` sets torch's (process-wide) intra-op thread count; small models run fastest
-    on one thread, especially when other work shares the cores.
+    on one thread, especially when other work shares the cores. ``kl_warmup`` ramps the
+    weight of the latent sites linearly from 0 to 1 over that many steps (KL annealing); the
+    history and the diagnostics always report the ELBO at weight 1.
     """
     _check_device(device)
     if threads is not None:
@@ -108,6 +112,7 @@ def fit(
         trace_particles=trace_particles,
         record_every=record_every,
         checkpoint_every=checkpoint_every,
+        kl_warmup=kl_warmup,
     )
     if run_dir is not None:
         run_dir = Path(run_dir)
@@ -195,6 +200,11 @@ def _make_config(zoo_model: ZooModel, *, data: Any, **kw: Any) -> RunConfig:
     if record is None:
         record = 1 if method == "closed-form" else max(1, steps // 200)
     record = _positive_int(record, "record_every")
+    kl_warmup = kw["kl_warmup"]
+    if isinstance(kl_warmup, bool) or not isinstance(kl_warmup, int) or kl_warmup < 0:
+        raise ZooError(f"kl_warmup must be a non-negative integer, got {kl_warmup!r}")
+    if kl_warmup and method != "svi":
+        raise ZooError("kl_warmup applies to SVI only")
     checkpoint = kw["checkpoint_every"]
     checkpoint = _positive_int(
         max(1, steps // 10) if checkpoint is None else checkpoint, "checkpoint_every"
@@ -220,6 +230,7 @@ def _make_config(zoo_model: ZooModel, *, data: Any, **kw: Any) -> RunConfig:
         record_every=record,
         checkpoint_every=checkpoint,
         quick=bool(kw["quick"]),
+        kl_warmup=kl_warmup,
     )
 
 
@@ -280,13 +291,18 @@ class _Trainer:
         pyro.set_rng_seed(cfg.seed)
         guide = self.model.build_guide(cfg.guide)
         svi = optim = None
+        self.latent_scale = LatentScale(warmup_weight(0, cfg.kl_warmup))
         if cfg.method == "svi":
             decay = cfg.lr_final_factor ** (1.0 / cfg.steps)
             optim = ClippedAdam({"lr": cfg.lr, "lrd": decay})
             estimator = make_estimator(
                 cfg.elbo, particles=cfg.particles, max_plate_nesting=self.model.max_plate_nesting
             )
-            svi = SVI(self.model.model, prepare_guide(cfg.elbo, guide), optim, estimator)
+            train_model, train_guide = self.model.model, prepare_guide(cfg.elbo, guide)
+            if cfg.kl_warmup:
+                train_model = self.latent_scale(train_model)
+                train_guide = self.latent_scale(train_guide)
+            svi = SVI(train_model, train_guide, optim, estimator)
         # create every parameter now, so a checkpoint can be loaded into them
         with torch.no_grad():
             guide_trace = poutine.trace(guide).get_trace(**self._kwargs(False))
@@ -333,7 +349,12 @@ class _Trainer:
     def _record(self, step: int, guide, train_elbo: float) -> dict[str, float]:
         terms = quick_terms(self.model, guide, self.config.trace_particles)
         log_ev = self.model.log_evidence()
-        row = {"step": step, **terms, "train_elbo": train_elbo}
+        row = {
+            "step": step,
+            **terms,
+            "train_elbo": train_elbo,
+            "kl_weight": self.latent_scale.weight,
+        }
         row["log_evidence"] = math.nan if log_ev is None else float(log_ev)
         row["gap"] = row["log_evidence"] - row["elbo"]
         row["seconds"] = self.elapsed
@@ -366,6 +387,7 @@ class _Trainer:
                     self.model.closed_form_step(guide)
                 loss = math.nan
             else:
+                self.latent_scale.weight = warmup_weight(step, cfg.kl_warmup)
                 loss = float(self._guarded(step, lambda: svi.step(**train_kwargs)))
             if step % cfg.record_every == 0 or step == cfg.steps:
                 self.elapsed += time.perf_counter() - tic
