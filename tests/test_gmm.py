@@ -59,6 +59,8 @@ def test_em_elbo_equals_log_likelihood_and_never_decreases():
     history = result.history
     # with the exact posterior as guide, every particle's log ratio is log p(x): zero variance
     np.testing.assert_allclose(history["elbo"], history["log_evidence"], rtol=0, atol=1e-8)
+    # the closed-form step reports the ELBO after each update: log p(x | theta_new)
+    np.testing.assert_allclose(history["train_elbo"][1:], history["log_evidence"][1:], atol=1e-8)
     steps = np.diff(history["log_evidence"].to_numpy())
     assert (steps >= -1e-9).all(), "EM decreased the log-likelihood"
     assert steps[0] > 1.0  # it did move

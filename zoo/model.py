@@ -173,8 +173,12 @@ class ZooModel:
     def has_closed_form(cls) -> bool:
         return cls.closed_form_step is not ZooModel.closed_form_step
 
-    def closed_form_step(self, guide: Callable[..., Any]) -> None:
-        """One closed-form coordinate-ascent update of the param store (EM, CAVI)."""
+    def closed_form_step(self, guide: Callable[..., Any]) -> float | None:
+        """One closed-form coordinate-ascent update of the param store (EM, CAVI).
+
+        Returns the ELBO after the update where it is known in closed form (the run's history
+        records it as ``train_elbo``, so monotone ascent can be checked exactly), else None.
+        """
         raise ZooError(f"model {self.name!r} has no closed-form updates")
 
     # -- reporting ----------------------------------------------------------------------------

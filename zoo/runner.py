@@ -384,8 +384,8 @@ class _Trainer:
         for step in range(start + 1, cfg.steps + 1):
             if svi is None:
                 with torch.no_grad():
-                    self.model.closed_form_step(guide)
-                loss = math.nan
+                    value = self.model.closed_form_step(guide)
+                loss = math.nan if value is None else -float(value)
             else:
                 self.latent_scale.weight = warmup_weight(step, cfg.kl_warmup)
                 loss = float(self._guarded(step, lambda: svi.step(**train_kwargs)))

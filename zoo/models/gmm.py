@@ -198,10 +198,12 @@ class GaussianMixture(ZooModel):
         # the guide is the exact posterior given theta: its ELBO is the log-likelihood
         return self.log_evidence()
 
-    def closed_form_step(self, guide) -> None:
+    def closed_form_step(self, guide) -> float:
+        """One EM iteration; returns the ELBO after it, which equals log p(x | theta_new)."""
         weights, locs, trils = em_update(self.x, self.log_joint(), self.reg_covar)
         store = pyro.get_param_store()
         store["weights"], store["locs"], store["scale_trils"] = weights, locs, trils
+        return self.log_evidence()
 
     # -- reporting -------------------------------------------------------------------------------
     def fitted(self) -> dict[str, np.ndarray]:
