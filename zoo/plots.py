@@ -30,9 +30,10 @@ def elbo_trace(history: pd.DataFrame, title: str) -> Figure:
             history["step"], history["log_evidence"], "--", color="k", label="exact log evidence"
         )
         final_gap = history["gap"].iloc[-1]
-        ax.set_title(f"{title}\nfinal gap {final_gap:.4g} nats")
+        ax.set_title(f"{title}\nfinal gap {final_gap:.4g} nats", fontsize="medium", wrap=True)
     else:
-        ax.set_title(title)
+        ax.set_title(title, fontsize="medium", wrap=True)
+    ax.ticklabel_format(axis="y", useOffset=False)
     _zoom_to_tail(ax, history)
     ax.set_xlabel("step")
     ax.set_ylabel("nats (total over the data)")
@@ -50,7 +51,7 @@ def _zoom_to_tail(ax, history: pd.DataFrame) -> None:
     stacked = stacked[np.isfinite(stacked)]
     if stacked.size:
         lo, hi = stacked.min(), stacked.max()
-        pad = 0.1 * (hi - lo) + 1e-6 * max(1.0, abs(hi))
+        pad = 0.1 * (hi - lo) + 1e-4 * max(1.0, abs(hi))
         ax.set_ylim(lo - pad, hi + pad)
 
 
@@ -64,7 +65,7 @@ def elbo_terms(history: pd.DataFrame, title: str) -> Figure:
     for ax in axes:
         ax.set_xlabel("step")
         ax.set_ylabel("nats")
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize="medium", wrap=True)
     return fig
 
 

@@ -1,0 +1,74 @@
+"""
+The leaderboard
+===============
+
+Every registered model, trained with each guide and training method on its leaderboard, in one
+table: what ``python -m zoo.run all`` prints and writes to ``runs/leaderboard.csv``. This page
+runs the same function, :func:`zoo.leaderboard.run_all`, when the docs are built. All values
+are in nats, totals over each model's data: the ELBO, the exact log evidence, the gap between
+them (per data point too, to compare models of different sizes), the importance-weighted bound
+(IWAE), the PSIS k-hat of the guide as an importance sampler (Yao et al. 2018) and the seconds
+of training.
+"""
+
+# %%
+# Run every model
+# ---------------
+# The runs are saved as ``python -m zoo.run all`` saves them, into a temporary directory that
+# is removed afterwards: only the table stays.
+import os
+import tempfile
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from zoo.leaderboard import run_all
+
+QUICK = os.environ.get("ZOO_DOCS_QUICK") == "1"  # set by `make -C docs html-quick`
+
+with tempfile.TemporaryDirectory() as root:
+    table = run_all(quick=QUICK, seed=0, root=root, progress=False, echo=False)
+
+# %%
+# The table
+# ---------
+# One row per model, guide and training (``svi/<estimator>`` or the model's closed-form
+# updates); ``n`` is the number of data points and ``± (MC)`` the Monte Carlo standard error of
+# the ELBO. A gap of order 1e-13 is rounding: the guide is exact.
+
+
+def number(value: float) -> str:
+    """Four decimals, or three significant digits for very small or very large values."""
+    if (value != 0 and abs(value) < 1e-3) or abs(value) >= 1e5:
+        return f"{value:.3g}"
+    return f"{value:.4f}"
+
+
+columns = {
+    "elbo": "ELBO",
+    "elbo_se": "± (MC)",
+    "log_evidence": "log p(x)",
+    "gap_per_point": "gap / point",
+    "iwae": "IWAE",
+    "khat": "k-hat",
+}
+shown = table.rename(columns=columns)
+floats = shown.select_dtypes("float").columns
+shown.style.hide(axis="index").format(number, subset=floats, na_rep="–")
+
+# %%
+# The gap per data point
+# ----------------------
+# On a log scale, with gaps below 1e-9 nats per point (an exact guide, up to rounding) drawn at
+# 1e-9. Where a model's log evidence is not known exactly there is no bar.
+labels = [" / ".join(row) for row in table[["model", "guide", "training"]].itertuples(index=False)]
+gap = table["gap_per_point"].to_numpy(dtype=float)
+floor = 1e-9
+fig, ax = plt.subplots(figsize=(8.0, 0.45 * len(table) + 1.2), constrained_layout=True)
+ax.barh(labels, np.where(np.isfinite(gap), np.maximum(gap, floor), np.nan), color="C0")
+ax.set_xscale("log")
+ax.set_xlim(floor / 2, max(1.0, np.nanmax(gap) * 2) if np.isfinite(gap).any() else 1.0)
+ax.invert_yaxis()
+ax.set_xlabel("gap log p(x) − ELBO per data point (nats)")
+ax.set_title("Gap to the exact log evidence")
+plt.show()

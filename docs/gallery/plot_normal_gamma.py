@@ -1,0 +1,124 @@
+"""
+Mean-field VB for an unknown mean and precision
+===============================================
+
+Fifty points from a Gaussian whose mean μ and precision τ are both unknown, under the
+conjugate Normal-Gamma prior, so the posterior p(μ, τ | x) and the log evidence are known in
+closed form. The mean-field guide q(μ) q(τ) is fitted by coordinate-ascent variational
+inference (CAVI), which reaches the family's best in a handful of sweeps, and by SVI, which
+gets there more slowly; the factorised guide cannot tie the spread of μ to τ, so its ELBO
+stays a small, analytic amount below the evidence. Follows Bishop, PRML §10.1.3 (eqs.
+10.25–10.30, Fig. 10.4), Murphy (2007), "Conjugate Bayesian analysis of the Gaussian
+distribution", and Blei, Kucukelbir & McAuliffe (2017).
+"""
+
+# %%
+# Fit by CAVI
+# -----------
+# ``method="closed-form"`` runs the model's CAVI updates on the mean-field guide's parameters:
+# each sweep sets q(μ) given q(τ), then q(τ) given q(μ), in closed form. The ELBO recorded after
+# each sweep is a Monte Carlo estimate; the gap here is about a hundredth of a nat, so the
+# estimate gets ``trace_particles=4000`` (cheap with fifty points) instead of the default 16.
+import os
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+import zoo
+from zoo.run import format_result
+
+QUICK = os.environ.get("ZOO_DOCS_QUICK") == "1"  # set by `make -C docs html-quick`
+EVAL_PARTICLES = 200 if QUICK else 1000
+
+cavi = zoo.fit(
+    "normal-gamma",
+    method="closed-form",
+    seed=0,
+    quick=QUICK,
+    eval_particles=EVAL_PARTICLES,
+    trace_particles=4000,
+    progress=False,
+)
+print(format_result(cavi))
+
+# %%
+# The model also computes the ELBO of a fitted mean-field q in closed form, free of Monte Carlo
+# error. CAVI lands on the best the family can reach: the fitted q's closed-form ELBO equals
+# the best mean-field ELBO, and the gap that remains, about a hundredth of a nat, is what
+# factorising costs.
+summary = cavi.summary
+print(f"log evidence                   {summary['log_evidence']:.6f}")
+print(f"best mean-field ELBO           {summary['best_mean_field_elbo']:.6f}")
+print(f"fitted q's ELBO (closed form)  {summary['fitted_elbo_analytic']:.6f}")
+print(f"best mean-field gap            {summary['mean_field_gap_analytic']:.4f} nats")
+
+# %%
+# The run's history has a row per sweep (the ELBO estimated with 4000 particles): from the
+# guide's starting point, the first sweep does almost all the work, and the ELBO stops moving
+# within a few.
+cavi.history.set_index("step")[["elbo", "expected_log_likelihood", "kl", "gap"]].head(6)
+
+# %%
+# Figures
+# -------
+# The ELBO trace with the exact log evidence as a dashed line (the estimate wobbles by its
+# standard error around the flat closed-form value, a hundredth of a nat below the line), the
+# ELBO split into the expected log-likelihood and the KL to the prior, and the model's own
+# picture: contours of the exact posterior p(μ, τ | x) and of the fitted q(μ) q(τ), as in
+# PRML Fig. 10.4. The mean-field contours are axis-aligned, the posterior's are not quite:
+# under the posterior, μ is more spread out where τ is small.
+figures = cavi.figures()
+# sphinx_gallery_thumbnail_number = 3
+# sphinx_gallery_multi_image = "single"
+
+# %%
+# CAVI, SVI and the other guides
+# ------------------------------
+# The same mean-field family trained by SVI, a full-rank Gaussian on (log τ, μ), and the exact
+# posterior as the guide. The last column is a fitted mean field's ELBO in closed form: CAVI's
+# is the best the family can reach, and SVI's approaches it from below. With fifty points the
+# posterior is close to factorised, so the best mean-field gap, a hundredth of a nat, is about
+# the Monte Carlo error of the estimated ELBOs; only the exact guide has no gap at all.
+results = {"mean-field, CAVI": cavi}
+for guide in ("mean-field", "full-rank", "exact"):
+    results["exact" if guide == "exact" else f"{guide}, SVI"] = zoo.fit(
+        "normal-gamma",
+        guide=guide,
+        steps=1 if guide == "exact" else None,  # None: the model's default step count
+        seed=0,
+        quick=QUICK,
+        eval_particles=EVAL_PARTICLES,
+        progress=False,
+    )
+table = pd.DataFrame(
+    [
+        {
+            "guide, training": label,
+            "ELBO": r.diagnostics.elbo,
+            "± (MC)": r.diagnostics.elbo_se,
+            "log p(x)": r.diagnostics.log_evidence,
+            "gap (nats)": r.diagnostics.gap,
+            "k-hat": r.diagnostics.khat,
+            "ELBO, closed form": r.summary.get("fitted_elbo_analytic", float("nan")),
+        }
+        for label, r in results.items()
+    ]
+)
+table.style.hide(axis="index").format(
+    {
+        "ELBO": "{:.4f}",
+        "± (MC)": "{:.1g}",
+        "log p(x)": "{:.4f}",
+        "gap (nats)": "{:.4f}",
+        "k-hat": "{:.2f}",
+        "ELBO, closed form": "{:.4f}",
+    },
+    na_rep="–",
+)
+
+# %%
+# The full-rank guide's contours next to the exact posterior's (its ELBO trace and terms are
+# closed rather than shown):
+figures = results["full-rank, SVI"].figures()
+for stem in ("elbo_trace", "elbo_terms"):
+    plt.close(figures.pop(stem))

@@ -1,0 +1,185 @@
+"""The docs: every registered model has a gallery page, and the site builds without a warning.
+
+The build runs ``sphinx-build -W --keep-going`` in quick mode (``ZOO_DOCS_QUICK=1``) from a
+fresh copy of ``docs/`` into a temporary directory: sphinx-gallery skips scripts it ran before,
+so a fresh copy is the only way every script really runs, and the checkout's ``docs/`` is left
+as it was. Any Sphinx warning or error in a gallery script fails it. ``tests/test_browser.py``
+opens the same build (one per session) in headless Chromium.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import zoo
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs"
+GALLERY = DOCS / "gallery"
+#: a quick build takes 1.5-2 minutes on two busy cores; past this something hangs
+BUILD_TIMEOUT_S = 900
+
+
+def gallery_script(model: str) -> Path:
+    """``docs/gallery/plot_<name>.py``, dashes as underscores: the model's gallery page."""
+    return GALLERY / f"plot_{model.replace('-', '_')}.py"
+
+
+def page_stem(model: str) -> str:
+    return f"plot_{model.replace('-', '_')}"
+
+
+# -- without building ------------------------------------------------------------------------------
+def test_every_registered_model_has_a_gallery_script():
+    missing = [
+        f"{name}: {gallery_script(name).relative_to(REPO)}"
+        for name in zoo.model_names()
+        if not gallery_script(name).is_file()
+    ]
+    assert not missing, (
+        "registered models without a gallery page (copy docs/gallery/plot_gmm.py; see "
+        "docs/contributing.rst): " + "; ".join(missing)
+    )
+
+
+@pytest.mark.parametrize(
+    "script", sorted(GALLERY.rglob("plot_*.py")), ids=lambda p: str(p.relative_to(GALLERY))
+)
+def test_gallery_script_follows_the_pattern(script: Path):
+    """A titled docstring with a paragraph under it, the quick setting, no progress bars."""
+    text = script.read_text()
+    docstring = ast.get_docstring(ast.parse(text), clean=True)
+    assert docstring, f"{script.name}: no module docstring (it becomes the page's title)"
+    lines = docstring.splitlines()
+    assert len(lines) >= 4 and lines[1] == "=" * len(lines[0]), (
+        f"{script.name}: the docstring must open with a title underlined with '=' of its length"
+    )
+    assert lines[2] == "" and " ".join(lines[3:]).strip(), (
+        f"{script.name}: the title needs a paragraph under it (what the page shows, its source)"
+    )
+    assert 'os.environ.get("ZOO_DOCS_QUICK") == "1"' in text, (
+        f"{script.name}: read the quick setting as the other scripts do"
+    )
+    if "zoo.fit(" in text:
+        assert "progress=False" in text and "quick=QUICK" in text, (
+            f"{script.name}: call zoo.fit with quick=QUICK and progress=False"
+        )
+
+
+# -- the build -------------------------------------------------------------------------------------
+@dataclass
+class DocsBuild:
+    html: Path
+    returncode: int
+    log: str
+    seconds: float
+
+    def page(self, relative: str) -> str:
+        return (self.html / relative).read_text()
+
+
+_BUILDS: dict[str, DocsBuild] = {}
+
+
+def build_docs_quick(tmp_path_factory: pytest.TempPathFactory) -> DocsBuild:
+    """Build the docs once per test session, in quick mode, from a fresh copy of ``docs/``."""
+    if "quick" in _BUILDS:
+        return _BUILDS["quick"]
+    for module in ("sphinx", "sphinx_gallery", "pydata_sphinx_theme"):
+        pytest.importorskip(module, reason='the docs extra is not installed: pip install ".[docs]"')
+    work = tmp_path_factory.mktemp("docs")
+    source = work / "docs"
+    shutil.copytree(
+        DOCS,
+        source,
+        ignore=shutil.ignore_patterns("_build", "auto_examples", "gen_modules", "__pycache__"),
+    )
+    html = work / "html"
+    env = {
+        **os.environ,
+        "ZOO_DOCS_QUICK": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    command = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html"]
+    tic = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [*command, str(source), str(html)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=BUILD_TIMEOUT_S,
+        )
+        returncode, log = proc.returncode, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        returncode = -1
+        log = f"sphinx-build ran past {BUILD_TIMEOUT_S} s\n{exc.stdout or ''}{exc.stderr or ''}"
+    _BUILDS["quick"] = DocsBuild(html, returncode, log, time.perf_counter() - tic)
+    return _BUILDS["quick"]
+
+
+@pytest.fixture(scope="session")
+def docs_build(tmp_path_factory) -> DocsBuild:
+    return build_docs_quick(tmp_path_factory)
+
+
+def _problems(log: str) -> str:
+    """The lines of the build log worth reading when it failed."""
+    keep = re.compile(r"WARNING|ERROR|Error|Traceback|failed|ran past", re.IGNORECASE)
+    lines = [line for line in log.splitlines() if keep.search(line)]
+    return "\n".join(lines[-40:]) or log[-4000:]
+
+
+def test_docs_build_without_warnings_in_quick_mode(docs_build: DocsBuild):
+    assert docs_build.returncode == 0, (
+        f"sphinx-build -W failed (exit {docs_build.returncode}) after {docs_build.seconds:.0f} s:"
+        f"\n{_problems(docs_build.log)}"
+    )
+    for page in ("index.html", "api.html", "auto_examples/index.html"):
+        assert (docs_build.html / page).is_file(), f"{page} was not built"
+
+
+def test_index_has_the_applications_table(docs_build: DocsBuild):
+    if docs_build.returncode != 0:
+        pytest.fail("the docs did not build: see test_docs_build_without_warnings_in_quick_mode")
+    index = docs_build.page("index.html")
+    assert 'id="applications-table"' in index
+    for header in ("what is exact", "θ (model)", "φ (guide)"):
+        assert header in index
+    assert "Evidence = ELBO + gap." in index
+    assert "ELBO = expected log-likelihood − KL to the prior." in index
+
+
+@pytest.mark.parametrize("model", zoo.model_names())
+def test_model_page_shows_its_numbers_and_figures(docs_build: DocsBuild, model: str):
+    """Each model page printed the gap and shows at least the trace, the terms and its own."""
+    if docs_build.returncode != 0:
+        pytest.fail("the docs did not build: see test_docs_build_without_warnings_in_quick_mode")
+    stem = page_stem(model)
+    page = docs_build.page(f"auto_examples/{stem}.html")
+    images = set(re.findall(rf'src="\.\./_images/(sphx_glr_{stem}_\d+\.png)"', page))
+    assert len(images) >= 3, f"{model}: {len(images)} figures on its page, want at least 3"
+    for image in images:
+        assert (docs_build.html / "_images" / image).stat().st_size > 0
+    assert "ELBO" in page
+    if zoo.get_model(model).has_exact_evidence():  # format_result's rows
+        assert "exact log evidence" in page and "gap log p(x) - ELBO" in page
+
+
+def test_leaderboard_page_has_every_model(docs_build: DocsBuild):
+    if docs_build.returncode != 0:
+        pytest.fail("the docs did not build: see test_docs_build_without_warnings_in_quick_mode")
+    page = docs_build.page("auto_examples/leaderboard/plot_leaderboard.html")
+    for model in zoo.model_names():
+        assert f">{model}</td>" in page, f"{model} is missing from the leaderboard table"
