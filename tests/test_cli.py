@@ -14,6 +14,8 @@ SMOKE: dict[str, list[str]] = {
     "gmm": ["--steps", "30", "--eval-particles", "50"],
     "bayes-linreg": ["--steps", "50", "--eval-particles", "50"],
     "normal-gamma": ["--steps", "50", "--eval-particles", "50"],
+    "empirical-bayes": ["--steps", "50", "--eval-particles", "50"],
+    "eight-schools": ["--steps", "50", "--eval-particles", "50"],
 }
 
 

@@ -104,6 +104,8 @@ class ZooModel:
     #: a better estimator for a particular guide, e.g. ``{"mean-field": "meanfield"}``
     elbo_for_guide: ClassVar[dict[str, str]] = {}
     training: ClassVar[Training] = Training()
+    #: settings for particular guides, e.g. ``{"exact": Training(steps=200)}``
+    training_for_guide: ClassVar[dict[str, Training]] = {}
     max_plate_nesting: ClassVar[int] = 1
     #: name of the plate over data points, when each point has latents of its own (local
     #: latents); the diagnostics then give per-point importance weights
@@ -156,6 +158,11 @@ class ZooModel:
         return make_guide(name, self.model, create_plates=plates)
 
     # -- what is known exactly ----------------------------------------------------------------
+    @classmethod
+    def training_settings(cls, guide: str) -> Training:
+        """The default training settings of ``guide`` (the model's unless it names others)."""
+        return cls.training_for_guide.get(guide, cls.training)
+
     @classmethod
     def has_exact_evidence(cls) -> bool:
         return cls.log_evidence is not ZooModel.log_evidence

@@ -21,15 +21,20 @@ def _finite(series: pd.Series) -> bool:
     return bool(np.isfinite(series.to_numpy(dtype=float)).any())
 
 
-def elbo_trace(history: pd.DataFrame, title: str) -> Figure:
-    """ELBO per recorded step, with the exact log evidence as a line where it is known."""
+def elbo_trace(history: pd.DataFrame, title: str, final_gap: float | None = None) -> Figure:
+    """ELBO per recorded step, with the exact log evidence as a line where it is known.
+
+    ``final_gap`` (the diagnostics' many-particle gap) goes in the title; without it, the
+    last recorded (few-particle) gap does.
+    """
     fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
     ax.plot(history["step"], history["elbo"], label="ELBO", color="C0")
     if "log_evidence" in history and _finite(history["log_evidence"]):
         ax.plot(
             history["step"], history["log_evidence"], "--", color="k", label="exact log evidence"
         )
-        final_gap = history["gap"].iloc[-1]
+        if final_gap is None:
+            final_gap = history["gap"].iloc[-1]
         ax.set_title(f"{title}\nfinal gap {final_gap:.4g} nats", fontsize="medium", wrap=True)
     else:
         ax.set_title(title, fontsize="medium", wrap=True)

@@ -155,12 +155,13 @@ def _positive_int(value: Any, what: str) -> int:
 
 
 def _make_config(zoo_model: ZooModel, *, data: Any, **kw: Any) -> RunConfig:
-    m, t = zoo_model, zoo_model.training
+    m = zoo_model
     guide = kw["guide"] or m.default_guide
     if guide not in m.guides:
         raise ZooError(
             f"model {m.name!r} has no guide {guide!r}; choose from {', '.join(m.guides)}"
         )
+    t = m.training_settings(guide)
     method = kw["method"]
     if method not in METHODS:
         raise ZooError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
