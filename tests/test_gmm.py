@@ -6,6 +6,7 @@ import itertools
 import math
 
 import numpy as np
+import pyro
 import pytest
 import torch
 from scipy.stats import multivariate_normal
@@ -42,6 +43,7 @@ def test_log_evidence_equals_sum_over_every_labelling():
     """log p(x) = log sum over all K^N labellings z of p(x, z), by enumeration (N=5, K=3)."""
     x = np.array([[0.0, 1.0], [2.0, -1.0], [-1.5, 0.3], [0.7, 0.7], [3.0, 2.0]])
     m = GaussianMixture(x, components=2, init_seed=3)
+    pyro.clear_param_store()  # earlier tests leave fitted values in the global store
     m.model()  # create the parameters at their initial values
     lj = m.log_joint().numpy()  # log pi_k + log N(x_n | k)
     total = -math.inf

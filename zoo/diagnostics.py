@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import pyro.distributions as dist
 import torch
 from pyro.infer.importance import vectorized_importance_weights
 from pyro.poutine.util import site_is_subsample
@@ -58,12 +59,17 @@ class Diagnostics:
     khat_scope: str
     log_evidence: float | None = None
     best_elbo: float | None = None
+    #: False for a point-mass guide: its objective log p(x, z*) drops the entropy of q
+    #: (which is -inf for a point mass) and is not a lower bound on log p(x)
+    elbo_is_bound: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def gap(self) -> float | None:
-        """log p(x) - ELBO, the KL from the guide to the exact posterior."""
-        return None if self.log_evidence is None else self.log_evidence - self.elbo
+        """log p(x) - ELBO, the KL from the guide to the exact posterior (None if no bound)."""
+        if self.log_evidence is None or not self.elbo_is_bound:
+            return None
+        return self.log_evidence - self.elbo
 
     @property
     def family_gap(self) -> float | None:
@@ -177,6 +183,7 @@ class _Chunk:
     kl_by_site: dict[str, torch.Tensor]
     analytic_sites: set[str]
     unpaired_sites: set[str]  # latents only in the guide (auxiliary) or only in the model
+    is_bound: bool  # False when the guide is a point mass (no auxiliary latent, Delta sites)
     point_log_w: torch.Tensor | None  # (n, N) when ratios factorise over the data plate
 
 
@@ -216,7 +223,24 @@ def _evaluate_chunk(zoo_model: ZooModel, guide: Callable, num: int) -> _Chunk:
     if plate is not None:
         point_log_w = _point_log_weights(zoo_model, model_trace, guide_trace, num, mpn)
     unpaired = q_sites.keys() ^ p_sites.keys()
-    return _Chunk(log_w, ell, kl_total, kl_by_site, analytic, unpaired, point_log_w)
+    return _Chunk(
+        log_w, ell, kl_total, kl_by_site, analytic, unpaired, _is_bound(q_sites), point_log_w
+    )
+
+
+def _is_bound(q_sites: dict[str, dict]) -> bool:
+    """A guide whose latents are point masses (Delta sites, as ``AutoDelta`` makes) gives
+    log p(x, z*), not an ELBO. Joint guides also emit Delta sites, but sample an auxiliary
+    latent whose density carries q: those remain bounds."""
+    if any(site["infer"].get("is_auxiliary") for site in q_sites.values()):
+        return True
+    for site in q_sites.values():
+        fn = site["fn"]
+        while hasattr(fn, "base_dist"):
+            fn = fn.base_dist
+        if isinstance(fn, dist.Delta):
+            return False
+    return True
 
 
 def _point_log_weights(zoo_model, model_trace, guide_trace, num, mpn):
@@ -335,6 +359,7 @@ def evaluate(
         khat_scope=khat_scope,
         log_evidence=None if log_evidence is None else float(log_evidence),
         best_elbo=None if best is None else float(best),
+        elbo_is_bound=chunks[0].is_bound,
     )
 
 

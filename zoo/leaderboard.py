@@ -22,6 +22,7 @@ COLUMNS = [
     "n",
     "elbo",
     "elbo_se",
+    "bound",
     "log_evidence",
     "gap",
     "gap_per_point",

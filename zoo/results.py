@@ -102,6 +102,7 @@ class FitResult:
             "elbo": d.elbo,
             "elbo_se": d.elbo_se,
             "log_evidence": d.log_evidence,
+            "bound": d.elbo_is_bound,
             "gap": d.gap,
             "gap_per_point": None if d.gap is None else d.gap / d.num_data,
             "iwae": d.iwae,

@@ -190,7 +190,12 @@ def format_result(result: FitResult, run_dir: Path | None = None) -> str:
         err = f" ± {se:.2g}" if se is not None and math.isfinite(se) and se > 0 else ""
         lines.append(f"  {label:<28}{value:>14.4f}{err:<10}  ({value / n:.5f} per point)")
 
-    row("ELBO", d.elbo, d.elbo_se)
+    if not d.elbo_is_bound:
+        lines.append(
+            "  note: a point-mass guide; its objective log p(x, z*) drops the entropy of q and is"
+            " not a lower bound on log p(x)"
+        )
+    row("ELBO" if d.elbo_is_bound else "objective log p(x, z*)", d.elbo, d.elbo_se)
     row("exact log evidence", d.log_evidence)
     row("gap log p(x) - ELBO", d.gap, d.elbo_se if d.gap is not None else None)
     row("best ELBO of the family", d.best_elbo)

@@ -1,3 +1,9 @@
 """One module per application of the ELBO; importing this package registers them all."""
 
-from zoo.models import bayes_linreg, empirical_bayes, gmm, normal_gamma  # noqa: F401
+from zoo.models import (  # noqa: F401
+    bayes_linreg,
+    empirical_bayes,
+    free_energy,
+    gmm,
+    normal_gamma,
+)
