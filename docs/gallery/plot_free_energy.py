@@ -1,6 +1,6 @@
 """
 The free-energy brain: perception as variational inference
-===========================================================
+==========================================================
 
 In Friston's free-energy principle the brain holds a generative model p(v) p(u | v) of its world
 and perceives by fitting a recognition density q(v) that minimises the free energy, the negative
@@ -19,12 +19,14 @@ import matplotlib.pyplot as plt
 
 import zoo
 from zoo.models import free_energy
+from zoo.run import format_result
 
 QUICK = os.environ.get("ZOO_DOCS_QUICK") == "1"
 runs = {
     guide: zoo.fit("free-energy-perception", guide=guide, quick=QUICK, seed=0, progress=False)
     for guide in ("gaussian", "spline-flow", "point-mass")
 }
+print(format_result(runs["gaussian"]))
 model = runs["gaussian"].model
 log_ev = model.log_evidence()
 best = model.best_gaussian()[0]
@@ -84,6 +86,7 @@ figures["free_energy"]
 # the ELBO with a Gaussian recognition density per item (Bogacz §2.4). The exact ln p(u | theta)
 # is a sum of 300 one-dimensional integrals; the maximum-likelihood theta is the peer.
 learning = zoo.fit("free-energy-learning", quick=QUICK, seed=0, progress=False)
+print(format_result(learning))
 s = learning.summary
 print("learnt        ", {k: round(v, 3) for k, v in s["learned"].items()})
 print("max likelihood", {k: round(s["max_likelihood"][k], 3) for k in s["learned"]})
