@@ -19,6 +19,28 @@ SMOKE: dict[str, list[str]] = {
     "free-energy-perception": ["--steps", "30", "--eval-particles", "50"],
     "free-energy-learning": ["--steps", "30", "--eval-particles", "50"],
     "predictive-coding": ["--steps", "30", "--eval-particles", "50"],
+    "vae": [
+        "--steps",
+        "30",
+        "--eval-particles",
+        "30",
+        "--test-particles",
+        "30",
+        "--hidden",
+        "32",
+        "--record-every",
+        "10",
+    ],
+    "linear-vae": [
+        "--steps",
+        "30",
+        "--eval-particles",
+        "30",
+        "--test-particles",
+        "30",
+        "--record-every",
+        "10",
+    ],
 }
 
 

@@ -295,7 +295,8 @@ def evaluate(
     """Diagnose ``guide`` against ``zoo_model`` at the current parameters (full data)."""
     if num_particles < 2:
         raise ValueError("the diagnostics need at least 2 particles")
-    per_chunk = max(2, min(num_particles, _CHUNK_BUDGET // max(zoo_model.num_data, 1)))
+    budget = zoo_model.eval_chunk_budget or _CHUNK_BUDGET
+    per_chunk = max(2, min(num_particles, budget // max(zoo_model.num_data, 1)))
     chunks: list[_Chunk] = []
     remaining = num_particles
     while remaining > 0:

@@ -86,6 +86,9 @@ class Training:
     batch_size: int | None = None
     #: number of closed-form (EM / CAVI) iterations when ``method="closed-form"``
     closed_form_steps: int = 100
+    #: history rows per SVI run (one every ``steps // records`` steps); fewer where a record
+    #: is costly (it scores ``trace_particles`` particles of every data point)
+    records: int = 200
 
 
 class ZooModel:
@@ -110,6 +113,9 @@ class ZooModel:
     #: name of the plate over data points, when each point has latents of its own (local
     #: latents); the diagnostics then give per-point importance weights
     data_plate: ClassVar[str | None] = None
+    #: (particle, data point) pairs per chunk of the diagnostics; None for the default. Lower it
+    #: where one pair costs a network pass (an amortized decoder) rather than a few numbers
+    eval_chunk_budget: ClassVar[int | None] = None
     #: what a closed-form coordinate-ascent step is called for this model ("EM", "CAVI")
     closed_form_name: ClassVar[str | None] = None
     #: runs shown on the leaderboard of ``python -m zoo.run all``: overrides of the defaults

@@ -199,7 +199,7 @@ def _make_config(zoo_model: ZooModel, *, data: Any, **kw: Any) -> RunConfig:
     trace_particles = _positive_int(kw["trace_particles"], "trace_particles")
     record = kw["record_every"]
     if record is None:
-        record = 1 if method == "closed-form" else max(1, steps // 200)
+        record = 1 if method == "closed-form" else max(1, steps // t.records)
     record = _positive_int(record, "record_every")
     kl_warmup = kw["kl_warmup"]
     if isinstance(kl_warmup, bool) or not isinstance(kl_warmup, int) or kl_warmup < 0:

@@ -6,4 +6,5 @@ from zoo.models import (  # noqa: F401
     free_energy,
     gmm,
     normal_gamma,
+    vae,
 )
