@@ -19,6 +19,7 @@ SMOKE: dict[str, list[str]] = {
     "free-energy-perception": ["--steps", "30", "--eval-particles", "50"],
     "free-energy-learning": ["--steps", "30", "--eval-particles", "50"],
     "predictive-coding": ["--steps", "30", "--eval-particles", "50"],
+    "ising": ["--size", "4", "--steps", "30", "--eval-particles", "50"],
     "vae": [
         "--steps",
         "30",

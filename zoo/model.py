@@ -194,6 +194,11 @@ class ZooModel:
         """
         raise ZooError(f"model {self.name!r} has no closed-form updates")
 
+    # -- optional schedules -------------------------------------------------------------------
+    def on_step(self, step: int, total: int) -> None:
+        """Called by the runner before SVI step ``step`` (1-based) of ``total``, and again
+        on resume, so a model's own schedules (an annealed temperature) follow the run."""
+
     # -- reporting ----------------------------------------------------------------------------
     def summary(self, guide: Callable[..., Any]) -> dict[str, Any]:
         """Fitted quantities worth reporting (JSON-serialisable), at the current parameters."""

@@ -389,6 +389,7 @@ class _Trainer:
                 loss = math.nan if value is None else -float(value)
             else:
                 self.latent_scale.weight = warmup_weight(step, cfg.kl_warmup)
+                self.model.on_step(step, cfg.steps)
                 loss = float(self._guarded(step, lambda: svi.step(**train_kwargs)))
             if step % cfg.record_every == 0 or step == cfg.steps:
                 self.elapsed += time.perf_counter() - tic

@@ -5,6 +5,7 @@ from zoo.models import (  # noqa: F401
     empirical_bayes,
     free_energy,
     gmm,
+    ising,
     normal_gamma,
     vae,
 )

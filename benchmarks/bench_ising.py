@@ -1,0 +1,153 @@
+"""VAN on the periodic Ising model at beta_c against Kaufman's exact log Z, under a time budget.
+
+Targets (the Ising issue): relative free-energy error (log Z - ELBO) / log Z <= 1e-4 on the
+periodic 8 x 8 lattice and <= 1e-3 on 16 x 16 at beta_c = ln(1 + sqrt 2) / 2, each within 30
+minutes on two CPU cores. Training is the zoo's own model and guide (``zoo.models.ising``,
+``guides.autoregressive``) under Pyro's SVI with ``TraceGraph_ELBO`` (score function, VAN's
+batch-mean baseline) and ClippedAdam; this script only adds a wall-clock budget: the learning
+rate decays exponentially with the elapsed fraction of the budget, and beta is annealed over
+the first ``--anneal-frac`` of it. The final ELBO is estimated from ``--eval-draws`` fresh draws
+of q with its standard error. Wall and CPU seconds are both recorded: on shared cores the
+process may get a fraction of a core (``load`` in the output is the 1-minute load average).
+
+    PYTHONPATH=. python benchmarks/bench_ising.py --size 8 --minutes 25
+    PYTHONPATH=. python benchmarks/bench_ising.py --size 16 --minutes 25 --batch 500
+
+Writes ``--out`` (JSON: settings, history, result) when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+
+import pyro
+import torch
+from pyro.infer import SVI, TraceGraph_ELBO
+from pyro.optim import ClippedAdam
+
+from zoo.ising_exact import BETA_C, kaufman_log_z
+from zoo.models.ising import Ising
+
+
+@torch.no_grad()
+def evaluate(model: Ising, guide, draws: int, chunk: int = 2000) -> tuple[float, float]:
+    """ELBO on log Z (at the target beta) and its standard error from ``draws`` draws."""
+    values = []
+    for start in range(0, draws, chunk):
+        fn = guide.distribution()
+        z = fn.sample((min(chunk, draws - start),))
+        values.append(model.log_weight(z, model.beta) - fn.log_prob(z).double())
+    lw = torch.cat(values)
+    return lw.mean().item(), (lw.std() / math.sqrt(lw.numel())).item()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=8)
+    parser.add_argument("--beta", type=float, default=BETA_C)
+    parser.add_argument("--minutes", type=float, default=25.0)
+    parser.add_argument("--hidden", type=int, default=0, help="0: the model's default")
+    parser.add_argument("--depth", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr-final", type=float, default=1e-5)
+    parser.add_argument("--anneal-frac", type=float, default=0.1)
+    parser.add_argument("--eval-draws", type=int, default=100_000)
+    parser.add_argument("--eval-every", type=float, default=60.0, help="seconds")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(args.seed)
+    budget = 60.0 * args.minutes
+    model = Ising(size=args.size, beta=args.beta, hidden=args.hidden, depth=args.depth)
+    log_z = kaufman_log_z(args.size, args.size, args.beta)
+    guide = model.build_guide("autoregressive")
+    optim = ClippedAdam({"lr": args.lr})
+    svi = SVI(
+        model.model,
+        guide,
+        optim,
+        TraceGraph_ELBO(num_particles=args.batch, vectorize_particles=True, max_plate_nesting=0),
+    )
+    history: list[dict] = []
+    tic, cpu_tic = time.perf_counter(), time.process_time()
+    last_eval, step, anneal_steps = tic, 0, None
+    print(
+        f"L={args.size} N={model.num_data} beta={args.beta:.6f} log Z={log_z:.10f} "
+        f"hidden={model.hidden} depth={args.depth} batch={args.batch} z2={model.z2} "
+        f"budget={budget:.0f}s threads={args.threads} load={os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    while True:
+        elapsed = time.perf_counter() - tic
+        frac = elapsed / budget
+        if frac >= 1.0:
+            break
+        step += 1
+        if anneal_steps is None and step == 21:  # after 20 steps, convert the time fraction
+            per_step = elapsed / 20
+            anneal_steps = max(1, int(args.anneal_frac * budget / per_step))
+            model.anneal_steps = anneal_steps
+        elif anneal_steps is None:
+            model.anneal_steps = 10**9  # tiny beta while the step time is measured
+        model.on_step(step, 0)
+        lr = args.lr * (args.lr_final / args.lr) ** frac
+        for state in optim.optim_objs.values():
+            for group in state.param_groups:
+                group["lr"] = lr
+        loss = svi.step()
+        if time.perf_counter() - last_eval > args.eval_every:
+            last_eval = time.perf_counter()
+            elbo, se = evaluate(model, guide, 4000)
+            row = {
+                "step": step,
+                "seconds": round(last_eval - tic, 1),
+                "cpu_seconds": round(time.process_time() - cpu_tic, 1),
+                "beta_train": model.beta * min(1.0, step / (anneal_steps or 10**9)),
+                "train_loss": loss,
+                "elbo": elbo,
+                "elbo_se": se,
+                "rel_error": (log_z - elbo) / log_z,
+                "lr": lr,
+            }
+            history.append(row)
+            print(json.dumps(row), flush=True)
+    train_seconds = time.perf_counter() - tic
+    train_cpu_seconds = time.process_time() - cpu_tic
+    t_eval = time.perf_counter()
+    elbo, se = evaluate(model, guide, args.eval_draws)
+    # energy, magnetisation and heat capacity under q against the exact values
+    thermo = {"q": model.guide_estimates(guide, 20_000), "exact": model.exact_thermodynamics()}
+    result = {
+        "size": args.size,
+        "beta": args.beta,
+        "log_z": log_z,
+        "elbo": elbo,
+        "elbo_se": se,
+        "rel_error": (log_z - elbo) / log_z,
+        "rel_error_se": se / log_z,
+        "steps": step,
+        "train_seconds": train_seconds,
+        "train_cpu_seconds": train_cpu_seconds,
+        "eval_seconds": time.perf_counter() - t_eval,
+        "anneal_steps": anneal_steps,
+        "load_at_end": os.getloadavg()[0],
+        "thermodynamics": thermo,
+    }
+    print("RESULT " + json.dumps(result), flush=True)
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump({"settings": vars(args), "history": history, "result": result}, fh, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()

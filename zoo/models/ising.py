@@ -1,0 +1,469 @@
+"""The 2-D Ising model: variational free energy against the exact partition function.
+
+For a Boltzmann distribution p(s) = exp(-beta E(s)) / Z there is no data: the "evidence" is the
+partition function Z, the ELBO E_q[-beta E(s)] + H(q) is a lower bound on log Z, minus the ELBO
+over beta is the variational free energy and -log Z / beta the Helmholtz free energy (Feynman
+1972, ch. 2; Wu, Wang & Zhang 2019, PRL 122, 080602, eq. 2). Spins s_i = ±1 on an L x L square
+lattice, E(s) = -J sum_<ij> s_i s_j - h sum_i s_i with J = 1, periodic or open boundaries.
+
+How the normalisation enters (so the bound is on log Z itself)
+----------------------------------------------------------------
+The latent site ``spins`` holds z in {0, 1}^(L x L) (s = 2z - 1) under a *uniform prior*,
+Bernoulli(½) per spin, log p(z) = -N log 2. The Boltzmann weight enters as the likelihood
+factor ``pyro.factor("boltzmann", -beta E(s) + N log 2)``, i.e. the likelihood of the uniform
+prior's configuration is L(s) = 2^N exp(-beta E(s)). Then
+
+    log p(x, z) = -beta E(s)        and        p(x) = sum_s 2^-N L(s) = Z,
+
+so every ELBO, IWAE bound and gap the diagnostics report is on log Z itself, and
+:meth:`Ising.log_evidence` returns log Z. ``pyro.factor`` is an observed sample site in Pyro's
+traces (a ``Unit`` distribution with ``obs``), so the diagnostics' two halves read:
+expected log-likelihood = -beta <E>_q + N log 2, and KL(q || prior) = N log 2 - H(q) (the
+information of q relative to the uniform distribution). ``num_data`` is N, the number of
+spins, so every "per point" number is per site.
+
+Exact log Z (:mod:`zoo.ising_exact`): brute force for N <= 16, the row transfer matrix for
+L <= 12, Kaufman's (1949) closed form for the periodic torus at h = 0 (any L); Onsager's (1944)
+infinite-lattice free energy is the L -> infinity reference in the figures.
+
+Guides (:mod:`guides.autoregressive`), both trained by the score-function gradient of Pyro's
+``TraceGraph_ELBO`` (estimator ``graph``) with VAN's batch-mean baseline:
+
+- ``mean-field``: independent spins. Its best ELBO, over the means m_i = E_q s_i,
+  -beta <E>_q + sum_i H_i = beta (½ m^T A m + h sum m) + sum_i H((1 + m_i) / 2), is maximised
+  where m_i = tanh(beta sum_j A_ij m_j + beta h): :func:`mean_field_optimum` solves it by damped
+  iteration from symmetry-broken starts and is :meth:`Ising.best_elbo`;
+- ``autoregressive``: the variational autoregressive network of Wu, Wang & Zhang (2019), a
+  masked dense network in raster order with Z2 symmetrisation (at h = 0) and beta annealing
+  (``--anneal-steps``: beta ramps linearly from beta/steps to beta over the first training
+  steps; the diagnostics always use the target beta).
+
+Beta annealing needs the training step. The runner has no per-model hook yet: the model counts
+its own training calls (those with gradients enabled: one per SVI step with vectorized
+particles; the diagnostics run without gradients). If the runner calls ``on_step(step, total)``
+(see the patch in the report), that step is used instead, which also survives ``--resume``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+
+from guides.autoregressive import AutoregressiveLatticeGuide, FactorisedLatticeGuide
+from zoo.errors import DataError
+from zoo.ising_exact import (
+    BETA_C,
+    adjacency,
+    brute_force,
+    energy,
+    exact_log_z_function,
+    kaufman_log_z,
+    onsager_log_z_per_site,
+    thermodynamics,
+    transfer_matrix_log_z,
+)
+from zoo.model import Option, Training, ZooModel
+from zoo.registry import register
+
+#: the largest lattice side whose transfer-matrix thermodynamics the summary computes
+TM_SUMMARY_MAX = 10
+
+
+def _binary_entropy(m: np.ndarray) -> np.ndarray:
+    p = np.clip((1 + m) / 2, 1e-300, 1.0)
+    q = np.clip((1 - m) / 2, 1e-300, 1.0)
+    return -(p * np.log(p) + q * np.log(q))
+
+
+def mean_field_elbo(m: np.ndarray, a: np.ndarray, beta: float, h: float) -> float:
+    """The mean-field ELBO (on log Z) of independent spins with means m, in closed form."""
+    return float(beta * (0.5 * m @ a @ m + h * m.sum()) + _binary_entropy(m).sum())
+
+
+def mean_field_optimum(
+    a: np.ndarray,
+    beta: float,
+    h: float = 0.0,
+    *,
+    damping: float = 0.5,
+    tol: float = 1e-13,
+    max_iter: int = 100_000,
+) -> tuple[np.ndarray, float]:
+    """The best mean-field means and ELBO: damped iteration of m = tanh(beta (A m + h)).
+
+    Started from all +1, all -1 and a near-zero seeded start; the fixed point with the largest
+    ELBO wins (for h = 0 the two ordered ones tie and +1 is kept).
+    """
+    n = a.shape[0]
+    rng = np.random.default_rng(0)
+    best: tuple[np.ndarray, float] | None = None
+    for start in (np.ones(n), -np.ones(n), 1e-3 * rng.standard_normal(n)):
+        m = start.copy()
+        for _ in range(max_iter):
+            new = (1 - damping) * m + damping * np.tanh(beta * (a @ m + h))
+            if np.abs(new - m).max() < tol:
+                m = new
+                break
+            m = new
+        value = mean_field_elbo(m, a, beta, h)
+        if best is None or value > best[1] + 1e-12:
+            best = (m, value)
+    assert best is not None
+    return best
+
+
+def _z2_option(value: Any) -> str:
+    value = str(value).lower()
+    if value not in ("auto", "on", "off"):
+        raise ValueError("must be auto, on or off")
+    return value
+
+
+@register
+class Ising(ZooModel):
+    name = "ising"
+    title = "Ising free energy"
+    application = "variational statistical mechanics"
+    reference = (
+        "Onsager (1944); Kaufman (1949); Wu, Wang & Zhang, PRL 122, 080602 (2019); "
+        "Parisi, Statistical Field Theory (1988) ch. 4 (mean field)"
+    )
+    options = (
+        Option("size", int, 8, "lattice side L (N = L^2 spins)"),
+        Option("beta", float, BETA_C, "inverse temperature (default beta_c = ln(1+sqrt 2)/2)"),
+        Option("field", float, 0.0, "external field h"),
+        Option("boundary", str, "periodic", "boundary conditions", choices=("periodic", "open")),
+        Option("hidden", int, 0, "VAN hidden units per layer (0: 4 N, at most 1024)"),
+        Option("depth", int, 1, "VAN hidden layers"),
+        Option("z2", _z2_option, "auto", "VAN Z2 symmetrisation: auto (on when h = 0), on, off"),
+        Option("anneal_steps", int, 0, "training steps over which beta ramps up (0: none)"),
+    )
+    guides = ("mean-field", "autoregressive")
+    default_guide = "mean-field"
+    default_elbo = "graph"
+    elbo_for_guide = {"mean-field": "graph", "autoregressive": "graph"}
+    #: the defaults suit mean field; the autoregressive guide wants --lr 0.01 (see leaderboard)
+    training = Training(steps=1000, lr=0.1, lr_final_factor=0.01, quick_steps=150, particles=256)
+    max_plate_nesting = 0
+    data_plate = None
+    leaderboard = ({"guide": "mean-field"}, {"guide": "autoregressive", "lr": 0.01})
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def setup(self, data: Any, **opts: Any) -> None:
+        if data is not None:
+            raise DataError("the Ising model has no data: set --size, --beta, --field instead")
+        size = opts["size"]
+        if size < 2:
+            raise DataError("--size must be at least 2")
+        if not opts["beta"] > 0:
+            raise DataError("--beta must be positive")
+        if opts["depth"] < 0 or opts["hidden"] < 0 or opts["anneal_steps"] < 0:
+            raise DataError("--depth, --hidden and --anneal-steps must be non-negative")
+        self.size = size
+        self.shape = (size, size)
+        self.num_data = size * size
+        self.beta = float(opts["beta"])
+        self.h = float(opts["field"])
+        self.periodic = opts["boundary"] == "periodic"
+        n = self.num_data
+        self.hidden = opts["hidden"] or min(4 * n, 1024)
+        self.depth = opts["depth"]
+        z2 = opts["z2"]
+        self.z2 = (self.h == 0.0) if z2 == "auto" else z2 == "on"
+        self.anneal_steps = opts["anneal_steps"]
+        self.coupling = adjacency(size, size, periodic=self.periodic)
+        self.prior_probs = torch.full(self.shape, 0.5, dtype=torch.float64, device=self.device)
+        self._train_calls = 0
+        self._hook_step: int | None = None
+        self._log_z: float | None = None
+        self._mean_field: tuple[np.ndarray, float] | None = None
+
+    # -- beta schedule ----------------------------------------------------------------------------
+    def on_step(self, step: int, total: int) -> None:
+        """Runner hook (see the report's patch): the SVI step about to run, 1-based."""
+        self._hook_step = step
+
+    def training_step(self) -> int:
+        """0-based training step: the runner's, else this model's count of training calls."""
+        return self._hook_step - 1 if self._hook_step is not None else self._train_calls
+
+    def current_beta(self) -> float:
+        """beta of the training objective now: annealed while training, else the target."""
+        if not torch.is_grad_enabled() or self.anneal_steps <= 0:
+            return self.beta
+        t = self.training_step()
+        return self.beta * min(1.0, (t + 1) / self.anneal_steps)
+
+    # -- the model ---------------------------------------------------------------------------------
+    def log_weight(self, z: torch.Tensor, beta: float | None = None) -> torch.Tensor:
+        """log p(x, z) = -beta E(s) for lattices z in {0, 1} (any leading dims)."""
+        beta = self.current_beta() if beta is None else beta
+        return -beta * energy(2 * z - 1, periodic=self.periodic, h=self.h)
+
+    def model(self, subsample_size: int | None = None) -> None:
+        beta = self.current_beta()
+        z = pyro.sample("spins", dist.Bernoulli(probs=self.prior_probs).to_event(2))
+        # the likelihood relative to the uniform prior: 2^N exp(-beta E), so p(x) = Z
+        log_lik = -beta * energy(2 * z - 1, periodic=self.periodic, h=self.h)
+        pyro.factor("boltzmann", log_lik + self.num_data * math.log(2.0))
+        if torch.is_grad_enabled():
+            self._train_calls += 1
+
+    def build_guide(self, name: str):
+        if name == "mean-field":
+            init = torch.full(self.shape, 0.5 if self.h >= 0 else -0.5, dtype=torch.float64)
+            return FactorisedLatticeGuide(
+                "spins", self.shape, log_target=self.log_weight, init_logits=init
+            )
+        if name == "autoregressive":
+            return AutoregressiveLatticeGuide(
+                "spins",
+                self.shape,
+                hidden=self.hidden,
+                depth=self.depth,
+                z2=self.z2,
+                log_target=self.log_weight,
+                device=self.device,
+            )
+        return super().build_guide(name)
+
+    # -- exact quantities -------------------------------------------------------------------------
+    def log_z_function(self):
+        return exact_log_z_function(self.size, self.size, periodic=self.periodic)
+
+    def log_evidence(self) -> float | None:
+        """log Z, exactly (brute force, transfer matrix or Kaufman); None if unaffordable."""
+        if self._log_z is None:
+            found = self.log_z_function()
+            if found is None:
+                return None
+            fn, _ = found
+            try:
+                self._log_z = fn(self.beta, self.h)
+            except ValueError:
+                return None
+        return self._log_z
+
+    def mean_field(self) -> tuple[np.ndarray, float]:
+        """The deterministic mean-field optimum: means and ELBO (on log Z)."""
+        if self._mean_field is None:
+            self._mean_field = mean_field_optimum(self.coupling, self.beta, self.h)
+        return self._mean_field
+
+    def best_elbo(self, guide: str) -> float | None:
+        return self.mean_field()[1] if guide == "mean-field" else None
+
+    def exact_thermodynamics(self) -> dict[str, Any] | None:
+        """Exact <E>, C and <m^2> (per site) where affordable, and how they were computed."""
+        n, b, h = self.num_data, self.beta, self.h
+        if n <= 16:
+            bf = brute_force(self.size, self.size, b, h=h, periodic=self.periodic)
+            return {
+                "method": "brute force (exact averages)",
+                "energy_per_site": bf["energy"] / n,
+                "heat_capacity_per_site": bf["heat_capacity"] / n,
+                "m2": bf["m2"],
+                "abs_magnetisation": bf["abs_magnetisation"],
+            }
+        if self.size <= TM_SUMMARY_MAX:
+
+            def fn(bb, hh):
+                return transfer_matrix_log_z(self.size, self.size, bb, h=hh, periodic=self.periodic)
+
+            t = thermodynamics(fn, b, h)
+            method = "transfer matrix, central differences (step 1e-4)"
+        elif self.periodic and h == 0.0:
+
+            def fn(bb, hh):
+                return kaufman_log_z(self.size, self.size, bb)
+
+            t = thermodynamics(fn, b, h, with_magnetisation=False)
+            method = "Kaufman, central differences in beta (step 1e-4); no field: no <m^2>"
+        else:
+            return None
+        out = {
+            "method": method,
+            "energy_per_site": t["energy"] / n,
+            "heat_capacity_per_site": t["heat_capacity"] / n,
+        }
+        if "M2" in t:
+            out["m2"] = t["M2"] / n**2
+        return out
+
+    # -- reporting ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def guide_estimates(self, guide, num: int = 4000) -> dict[str, float]:
+        """ELBO, energy, magnetisation and heat capacity under q, from ``num`` draws."""
+        z = guide.distribution().sample((num,)).double()
+        log_q = guide.distribution().log_prob(z).double()
+        n = self.num_data
+        s = 2 * z - 1
+        e = energy(s, periodic=self.periodic, h=self.h)
+        log_w = -self.beta * e - log_q
+        m = s.sum((-1, -2)) / n
+        se = lambda x: (x.std() / math.sqrt(num)).item()  # noqa: E731
+        return {
+            "draws": num,
+            "elbo": log_w.mean().item(),
+            "elbo_se": se(log_w),
+            "energy_per_site": (e.mean() / n).item(),
+            "energy_per_site_se": se(e / n),
+            "heat_capacity_per_site": (self.beta**2 * e.var() / n).item(),
+            "m2": (m**2).mean().item(),
+            "abs_magnetisation": m.abs().mean().item(),
+        }
+
+    def guide_name(self, guide) -> str:
+        return "autoregressive" if isinstance(guide, AutoregressiveLatticeGuide) else "mean-field"
+
+    def summary(self, guide) -> dict[str, Any]:
+        n, name = self.num_data, self.guide_name(guide)
+        found = self.log_z_function()
+        log_z = self.log_evidence()
+        est = self.guide_estimates(guide)
+        mf_m, mf_elbo = self.mean_field()
+        out: dict[str, Any] = {
+            "lattice": f"{self.size}x{self.size} {'periodic' if self.periodic else 'open'}",
+            "beta": self.beta,
+            "field": self.h,
+            "normalisation": (
+                "uniform prior Bernoulli(1/2) per spin and likelihood factor "
+                "2^N exp(-beta E): the evidence is Z, the ELBO bounds log Z"
+            ),
+            "guide": name,
+            "estimator": (
+                f"{self.elbo_for_guide[name]} (TraceGraph_ELBO, score function with VAN's "
+                "batch-mean baseline) unless the run named another: see config.elbo"
+            ),
+            "beta_schedule": (
+                f"linear ramp from beta/{self.anneal_steps} to beta over the first "
+                f"{self.anneal_steps} training steps"
+                if self.anneal_steps
+                else "none (target beta throughout)"
+            ),
+            "log_z": log_z,
+            "log_z_method": None if found is None else found[1],
+            "log_z_per_site": None if log_z is None else log_z / n,
+            "onsager_log_z_per_site": onsager_log_z_per_site(self.beta) if self.h == 0 else None,
+            "mean_field_best_elbo": mf_elbo,
+            "mean_field_magnetisation": float(np.mean(mf_m)),
+            "q": est,
+        }
+        if name == "autoregressive":
+            out["van"] = {"hidden": self.hidden, "depth": self.depth, "z2": self.z2}
+        if log_z is not None:
+            out["relative_free_energy_error"] = (log_z - est["elbo"]) / log_z
+            out["relative_free_energy_error_mean_field_optimum"] = (log_z - mf_elbo) / log_z
+        exact = self.exact_thermodynamics()
+        if exact is not None:
+            out["exact"] = exact
+        return out
+
+    # -- figures ---------------------------------------------------------------------------------
+    def exact_log_z_at(self, beta: float) -> float | None:
+        found = self.log_z_function()
+        if found is None:
+            return None
+        try:
+            return found[0](beta, self.h)
+        except ValueError:
+            return None
+
+    def beta_grid(self, num: int = 41) -> np.ndarray:
+        """Inverse temperatures for the figures: 0.1 to 1, with beta_c and this run's beta."""
+        grid = np.concatenate([np.linspace(0.1, 1.0, num), [BETA_C, self.beta]])
+        return np.unique(np.round(grid, 12))
+
+    def plots(self, result) -> dict:
+        import matplotlib.pyplot as plt
+
+        n = self.num_data
+        name = self.guide_name(result.guide)
+        betas = self.beta_grid()
+        exact = np.array([self.exact_log_z_at(b) or np.nan for b in betas], dtype=float)
+        mf = np.array([mean_field_optimum(self.coupling, b, self.h)[1] for b in betas])
+        d = result.diagnostics
+        label = f"{name} (this run, svi/{result.config.elbo})"
+
+        fig_f, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
+        if np.isfinite(exact).any():
+            ax.plot(betas, -exact / (betas * n), "k-", label=f"exact, {self.size}x{self.size}")
+        if self.h == 0.0:
+            ons = np.array([onsager_log_z_per_site(b) for b in betas])
+            ax.plot(betas, -ons / betas, "k:", label="Onsager, L = inf")
+        ax.plot(betas, -mf / (betas * n), "C1--", label="mean field (best ELBO)")
+        ax.errorbar(
+            [self.beta],
+            [-d.elbo / (self.beta * n)],
+            yerr=[2 * d.elbo_se / (self.beta * n)],
+            fmt="o",
+            color="C0" if name == "autoregressive" else "C3",
+            label=label,
+        )
+        ax.axvline(BETA_C, color="0.7", lw=0.8)
+        ax.set_xlabel("beta")
+        ax.set_ylabel("free energy per site  -log Z / (beta N)")
+        ax.set_title(f"{self.title}: {self.size}x{self.size}, h = {self.h:g}")
+        ax.legend()
+
+        fig_e, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
+        if np.isfinite(exact).any():
+            ax.semilogy(betas, (exact - mf) / exact, "C1--", label="mean field (best ELBO)")
+            if d.log_evidence is not None:
+                rel = d.gap / d.log_evidence
+                ax.errorbar(
+                    [self.beta],
+                    [max(rel, 1e-12)],
+                    yerr=[
+                        [min(2 * d.elbo_se / d.log_evidence, max(rel, 1e-12) * 0.999)],
+                        [2 * d.elbo_se / d.log_evidence],
+                    ],
+                    fmt="o",
+                    color="C0" if name == "autoregressive" else "C3",
+                    label=label,
+                )
+        ax.axvline(BETA_C, color="0.7", lw=0.8)
+        ax.set_xlabel("beta")
+        ax.set_ylabel("relative error  (log Z - ELBO) / log Z")
+        ax.set_title("relative free-energy error (2 SE bars)")
+        ax.legend()
+
+        figs = {
+            "free_energy": fig_f,
+            "relative_error": fig_e,
+            "samples": self._samples_figure(result),
+        }
+        return figs
+
+    @torch.no_grad()
+    def _samples_figure(self, result, per_row: int = 4):
+        """Draws from mean field at three temperatures, and from this run's guide."""
+        import matplotlib.pyplot as plt
+
+        gen = np.random.default_rng(0)
+        rows = []
+        for b in (0.3, BETA_C, 0.6):
+            m, _ = mean_field_optimum(self.coupling, b, self.h)
+            p = (1 + m) / 2
+            draws = gen.random((per_row, self.num_data)) < p
+            rows.append((f"mean field, beta = {b:.3f}", 2.0 * draws - 1))
+        z = result.guide.distribution().sample((per_row,))
+        s = (2 * z - 1).reshape(per_row, -1).cpu().numpy()
+        rows.append((f"{self.guide_name(result.guide)} q (this run), beta = {self.beta:.3f}", s))
+        fig, axes = plt.subplots(
+            len(rows), per_row, figsize=(1.6 * per_row, 1.75 * len(rows)), constrained_layout=True
+        )
+        for r, (title, spins) in enumerate(rows):
+            for c in range(per_row):
+                ax = axes[r, c]
+                ax.imshow(spins[c].reshape(self.shape), cmap="gray", vmin=-1, vmax=1)
+                ax.set_xticks([])
+                ax.set_yticks([])
+            axes[r, 0].set_title(title, loc="left", fontsize=8)
+        fig.suptitle("samples from q (white = +1)")
+        return fig
