@@ -323,7 +323,11 @@ def evaluate(
     if all(c.point_log_w is not None for c in chunks):
         point_log_w = torch.cat([c.point_log_w for c in chunks]).double().cpu()
 
-    if point_log_w is not None:
+    weights = zoo_model.importance_weights
+    if not weights:
+        iwae, iwae_se = math.nan, math.nan
+        iwae_scope = "not computed: the log ratios are not importance weights"
+    elif point_log_w is not None:
         iwae_i, se_i = iwae_with_se(point_log_w, 0)
         iwae, iwae_se = iwae_i.sum().item(), se_i.pow(2).sum().sqrt().item()
         iwae_scope = f"per data point, K={log_w.shape[0]}"
@@ -333,7 +337,7 @@ def evaluate(
         iwae_scope = f"joint, K={log_w.shape[0]}"
 
     khat, khat_scope = math.nan, "not computed"
-    if with_khat and log_w.shape[0] >= MIN_DRAWS:
+    if with_khat and weights and log_w.shape[0] >= MIN_DRAWS:
         if point_log_w is not None:
             columns = point_log_w.numpy().T
             ks = np.array([pareto_khat(column) for column in columns])

@@ -116,6 +116,10 @@ class ZooModel:
     #: (particle, data point) pairs per chunk of the diagnostics; None for the default. Lower it
     #: where one pair costs a network pass (an amortized decoder) rather than a few numbers
     eval_chunk_budget: ClassVar[int | None] = None
+    #: False where the per-particle log ratio log p(x, z) - log q(z) is an unbiased estimate of
+    #: the ELBO but not an importance weight (a Rao-Blackwellised bound that scores one random
+    #: term per particle): the diagnostics then report no IWAE and no k-hat
+    importance_weights: ClassVar[bool] = True
     #: what a closed-form coordinate-ascent step is called for this model ("EM", "CAVI")
     closed_form_name: ClassVar[str | None] = None
     #: runs shown on the leaderboard of ``python -m zoo.run all``: overrides of the defaults

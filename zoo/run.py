@@ -199,10 +199,12 @@ def format_result(result: FitResult, run_dir: Path | None = None) -> str:
     row("exact log evidence", d.log_evidence)
     row("gap log p(x) - ELBO", d.gap, d.elbo_se if d.gap is not None else None)
     row("best ELBO of the family", d.best_elbo)
-    row(f"IWAE ({d.iwae_scope})", d.iwae, d.iwae_se)
+    if math.isfinite(d.iwae):
+        row(f"IWAE ({d.iwae_scope})", d.iwae, d.iwae_se)
     row("expected log-likelihood", d.expected_log_likelihood, d.expected_log_likelihood_se)
     row(f"KL(q || prior) [{d.kl_method}]", d.kl)
-    lines.append(f"  {'PSIS k-hat (' + d.khat_scope + ')':<28}{d.khat:>14.3f}")
+    if not math.isnan(d.khat):
+        lines.append(f"  {'PSIS k-hat (' + d.khat_scope + ')':<28}{d.khat:>14.3f}")
     lines.append(f"  {'seconds':<28}{result.seconds:>14.2f}")
     if run_dir is not None:
         lines.append(f"  outputs in {run_dir}")

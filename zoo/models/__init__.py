@@ -2,6 +2,7 @@
 
 from zoo.models import (  # noqa: F401
     bayes_linreg,
+    diffusion,
     empirical_bayes,
     free_energy,
     gmm,

@@ -1,0 +1,789 @@
+"""Diffusion models: the ELBO of a denoising diffusion model against the exact data density.
+
+Follows Ho, Jain & Abbeel (2020), "Denoising diffusion probabilistic models" (DDPM), NeurIPS,
+and Kingma, Salimans, Poole & Ho (2021), "Variational diffusion models" (VDM), NeurIPS; the
+probability-flow ODE of Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole (2021), ICLR. The
+maths (schedules, kernels, KLs, the ODE, the data densities) is in :mod:`zoo.diffusion_math`.
+
+Each data point x_n in R^2 has a chain of latents z_n = (z_1 .. z_T). The guide is the forward
+process q(z_{1:T} | x) = prod_t N(z_t | sqrt(1 - beta_t) z_{t-1}, beta_t), z_0 = x, with no
+parameters (with ``--learn-schedule`` its two endpoints are learned, as in VDM); the model is the
+learned reverse chain p(z_T) prod_t p_theta(z_{t-1} | z_t) p_theta(x | z_1), Gaussian kernels
+whose means come from an epsilon-predicting MLP. Everything lives in the data plate ``data``, so
+training mini-batches through it. ``--objective`` picks one of three valid ELBO estimators, each
+a Pyro model/guide pair trained with ``Trace_ELBO``:
+
+``mc``
+    The plain Monte Carlo ELBO E_q[log p(x, z) - log q(z | x)]: the guide samples the whole
+    chain as one site ``z`` (event shape (T, 2); :class:`~zoo.diffusion_math.ForwardChain`), the
+    model scores it with :class:`~zoo.diffusion_math.ReverseChain` (one batched network call
+    over all T steps instead of T sites: same numbers, far fewer trace entries). The runner's
+    IWAE is then a true per-point importance-weighted bound. Cost per particle grows with T.
+``rb``
+    DDPM's Rao-Blackwellised bound -L_T - sum_{t=2}^T L_{t-1} - L_0 with the analytic KL of
+    each step, estimated with one step t per point (stratified over the batch), weighted by
+    T - 1. Sites: ``u`` (the stratification offset), ``z_t`` ~ q(z_t | x) and ``z_1`` ~
+    q(z_1 | x) in both programs; the model scores ``z_t`` with the step's KL as a penalty
+    (:class:`~zoo.diffusion_math.Penalised`) and observes x ~ p(x | z_1).
+``vdm``
+    VDM's continuous-time bound (T -> infinity): -L_T - L_0 - 1/2 E_{tau ~ U(0,1)}
+    [gamma'(tau) ||eps - eps_hat(z_tau, gamma(tau))||^2], with the same sites as ``rb``.
+
+For ``rb`` and ``vdm`` the per-particle log ratio is an unbiased estimate of the ELBO but not an
+importance weight, so IWAE and k-hat mean nothing for them (``importance_weights`` is False). Their
+two halves are DDPM's: the expected log-likelihood is -L_0, the "KL" is L_T + the diffusion term.
+``mc`` costs T network rows per particle and point, in training and in the diagnostics (which
+score ``--eval-particles`` whole chains per point): use it with a small T or few particles.
+
+Choices, each measured (see the gallery page and ``benchmarks/bench_diffusion.py``):
+
+- the denoiser is DDPM's epsilon-prediction MLP (SiLU, ``--depth`` x ``--hidden``) on (z, Fourier
+  features of gamma); ``--parameterization edm`` (EDM's preconditioning around the best
+  Gaussian) is available but stalls on a plateau at the Gaussian fit when trained on the ELBO;
+- the reverse variance is by default the exact one for Gaussian data with the data's variance
+  (``gaussian``): DDPM's beta-tilde (``posterior``, VDM's choice) is right only at high noise,
+  and with the exact denoiser its T = 1000 bound on this data is 0.08 nats short (0.02 for
+  ``gaussian``, 0.01 for ``forward``);
+- the default schedule is VDM's linear log-SNR between DDPM's endpoints (gamma from -9.2 to
+  10.1): DDPM's linear beta schedule jumps 0.7 in gamma at its first step, and with the exact
+  denoiser and beta-tilde its T = 1000 bound is 0.87 nats short;
+- every estimator subtracts a control variate, the same squared error for the exact denoiser of
+  N(m, v I) data minus its closed-form mean (zero mean, no parameters: the gradients are
+  unchanged), which removes the chi-square noise of the low-noise steps;
+- p(x | z_1) is Gaussian with mean x_hat(z_1) (continuous data: DDPM's discretised decoder is for
+  8-bit images and is not needed).
+
+Exact: the data sets are mixtures of isotropic Gaussians, 8 on a circle in closed form, and
+scikit-learn's two moons and swiss roll by Gauss-Legendre quadrature along their curve (to 1e-11
+in log p; ``make_moons`` spaces its curve parameter evenly, so its points are a stratified
+rather than an iid sample of that density), so E_data log p_data is known, and so is the exact
+denoiser E[eps | z] (``--denoiser oracle``). E log p_data is the best any model can reach in
+expectation: on fresh data an ELBO <= E log p_model <= E log p_data. It is *not* this model's
+log evidence, which is unknown: :meth:`~Diffusion.log_evidence` stays unset, and
+:meth:`~Diffusion.best_elbo` returns the sum of log p_data over the training points, so the
+diagnostics' ``family_gap`` is the gap to the ideal (on the training points, where a model that
+memorised them could exceed it; the summary's held-out numbers cannot). ``summary`` reports, in
+nats per point and bits per dimension, on the training points and on fresh points:
+E log p_data; the continuous-time ELBO; the T-step ELBO with its per-step terms (L_T, L_{t-1},
+L_0); the Monte Carlo chain ELBO with its agreement with the analytic one; and the likelihood
+under the probability-flow ODE (exact divergence).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+
+from zoo import diffusion_math as dm
+from zoo.data import read_numeric_table
+from zoo.errors import DataError
+from zoo.model import Option, Training, ZooModel
+from zoo.registry import register
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+OBJECTIVES = ("vdm", "rb", "mc")
+_MODULE = "denoiser"
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{value!r} is not a boolean (true/false)")
+
+
+def _at_least(low: int):
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or int(value) != float(value) or int(value) < low:
+            raise ValueError(f"{value!r} is not an integer >= {low}")
+        return int(value)
+
+    convert.__name__ = "int"
+    return convert
+
+
+def _positive_float(value: Any) -> float:
+    number = float(value)
+    if not (number > 0 and math.isfinite(number)):
+        raise ValueError(f"{value!r} is not a positive number")
+    return number
+
+
+def _mean_se(values: torch.Tensor) -> tuple[float, float]:
+    values = values.double().reshape(-1)
+    n = values.numel()
+    return values.mean().item(), (values.std().item() / math.sqrt(n) if n > 1 else math.nan)
+
+
+@register
+class Diffusion(ZooModel):
+    name = "diffusion"
+    title = "Diffusion models: DDPM and VDM bounds against the exact data density"
+    application = "diffusion models"
+    reference = (
+        "Ho, Jain & Abbeel (2020), DDPM; Kingma, Salimans, Poole & Ho (2021), VDM; "
+        "Song et al. (2021), probability-flow ODE"
+    )
+    options = (
+        Option("dataset", str, "8gaussians", "data set with a known density", dm.DATASETS),
+        Option("num_points", _at_least(10), 1000, "training points"),
+        Option("test_points", _at_least(10), 2000, "fresh points for the held-out report"),
+        Option(
+            "noise",
+            _positive_float,
+            None,
+            "data noise std; None: 0.354 (8gaussians), 0.1 (moons, swissroll)",
+        ),
+        Option("data_seed", int, 0, "seed of the data set (the held-out set uses seed + 1)"),
+        Option(
+            "objective",
+            str,
+            "vdm",
+            "vdm: continuous time; rb: DDPM's analytic KLs; mc: whole chains (cost x T)",
+            OBJECTIVES,
+        ),
+        Option("timesteps", _at_least(2), 1000, "T, latents of the discrete-time chain"),
+        Option(
+            "schedule", str, "linear-logsnr", "noise schedule between the endpoints", dm.SCHEDULES
+        ),
+        Option(
+            "gamma_min", float, dm.DDPM_GAMMA_MIN, "gamma = -log SNR of z_1 (DDPM: beta_1 = 1e-4)"
+        ),
+        Option("gamma_max", float, dm.DDPM_GAMMA_MAX, "gamma = -log SNR of z_T (DDPM: T = 1000)"),
+        Option("learn_schedule", _boolean, False, "learn the two endpoints (VDM)"),
+        Option(
+            "reverse_variance",
+            str,
+            "gaussian",
+            "variance of p(z_{t-1} | z_t): exact for Gaussian data, q's posterior, or beta",
+            dm.REVERSE_VARIANCES,
+        ),
+        Option(
+            "control_variate",
+            _boolean,
+            True,
+            "subtract the Gaussian denoiser's zero-mean noise from the estimators",
+        ),
+        Option("denoiser", str, "mlp", "mlp, or oracle: the exact E[eps | z]", ("mlp", "oracle")),
+        Option(
+            "parameterization",
+            str,
+            "eps",
+            "eps: DDPM's network on z; edm: preconditioned around the best Gaussian",
+            ("eps", "edm"),
+        ),
+        Option("hidden", _at_least(1), 128, "hidden units per layer"),
+        Option("depth", _at_least(1), 3, "hidden layers"),
+        Option("eval_points", _at_least(2), 300, "points for the per-step and chain report"),
+        Option("ode_points", _at_least(0), 300, "held-out points for the ODE likelihood (0: off)"),
+        Option("ode_steps", _at_least(1), 100, "RK4 steps of the probability-flow ODE"),
+    )
+    data_help = "CSV file of points (numeric columns are the coordinates; no known density)"
+    guides = ("forward",)
+    default_guide = "forward"
+    default_elbo = "trace"
+    training = Training(
+        steps=8000, lr=3e-3, quick_steps=200, lr_final_factor=0.01, particles=1, batch_size=512
+    )
+    data_plate = "data"
+
+    # -- data ---------------------------------------------------------------------------------
+    def setup(self, data: Any, **opts: Any) -> None:
+        self.dataset = opts["dataset"]
+        self.objective = opts["objective"]
+        self.num_steps = opts["timesteps"]
+        self.schedule = opts["schedule"]
+        self.reverse_variance = opts["reverse_variance"]
+        self.learn_schedule = opts["learn_schedule"]
+        self.gamma_bounds = (float(opts["gamma_min"]), float(opts["gamma_max"]))
+        if not self.gamma_bounds[0] < 0 < self.gamma_bounds[1]:
+            raise DataError("need gamma_min < 0 < gamma_max")
+        if data is None:
+            values, self.density = dm.make_dataset(
+                self.dataset, opts["num_points"], opts["data_seed"], opts["noise"]
+            )
+            test, _ = dm.make_dataset(
+                self.dataset, opts["test_points"], opts["data_seed"] + 1, opts["noise"]
+            )
+            self.feature_names = ["x1", "x2"]
+        else:
+            if isinstance(data, str | Path):
+                values, self.feature_names = read_numeric_table(data, min_rows=10)
+            else:
+                values = np.asarray(data, dtype=np.float64)
+                if values.ndim != 2 or values.shape[0] < 10 or not np.isfinite(values).all():
+                    raise DataError("data must be a finite 2-D array with at least 10 points")
+                self.feature_names = [f"x{i + 1}" for i in range(values.shape[1])]
+            self.density, test = None, None
+            self.dataset = "user data"
+        if opts["denoiser"] == "oracle" and self.density is None:
+            raise DataError("the oracle denoiser needs a data set with a known density")
+        self.denoiser_kind = opts["denoiser"]
+        self.control_variate = opts["control_variate"]
+        self.x = self.tensor(values)
+        self.x_test = None if test is None else self.tensor(test)
+        self.num_data, self.dim = values.shape
+        self.data_mean, self.data_var = self.x.mean(0), float(self.x.var(0).mean())
+        self.kernel = {"variance": self.reverse_variance, "data_var": self.data_var}
+        self.net_options = {
+            "dim": self.dim,
+            "hidden": opts["hidden"],
+            "depth": opts["depth"],
+            "parameterization": opts["parameterization"],
+            "data_mean": self.data_mean,
+            "data_var": self.data_var,
+        }
+        self.report_sizes = {
+            "eval_points": opts["eval_points"],
+            "ode_points": opts["ode_points"],
+            "ode_steps": opts["ode_steps"],
+        }
+        self._net: dm.MLPDenoiser | None = None
+        # a (particle, point) pair costs two network passes (mc: T + 1): smaller diagnostics chunks
+        self.eval_chunk_budget = max(
+            1_000, 250_000 // (self.num_steps if self.objective == "mc" else 1)
+        )
+
+    @property
+    def importance_weights(self) -> bool:
+        """Whether the per-particle log ratio is an importance weight: only for ``mc``, whose
+        particles are whole chains. ``rb`` and ``vdm`` score one random step per particle: an
+        unbiased ELBO estimate, but its log-mean-exp (IWAE) and k-hat mean nothing."""
+        return self.objective == "mc"
+
+    # -- parameters ---------------------------------------------------------------------------
+    def endpoints(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gamma_min, gamma_max): fixed, or learned parameters (``--learn-schedule``)."""
+        low, high = self.gamma_bounds
+        if not self.learn_schedule:
+            return self.tensor(low), self.tensor(high)
+        g0 = pyro.param(
+            "gamma_min", lambda: self.tensor(low), constraint=constraints.less_than(0.0)
+        )
+        g1 = pyro.param(
+            "gamma_max", lambda: self.tensor(high), constraint=constraints.greater_than(0.0)
+        )
+        return g0, g1
+
+    def eps_fn(self) -> dm.Denoiser:
+        """The denoiser eps_hat(z, gamma) at the param store's current values."""
+        if self.denoiser_kind == "oracle":
+            return self.density.eps_star
+        store = pyro.get_param_store()
+        if self._net is None or f"{_MODULE}$$$net.0.weight" not in store:
+            # a fresh param store (a new run): new weights from the run's seeded RNG
+            self._net = dm.MLPDenoiser(**self.net_options)
+        return pyro.module(_MODULE, self._net, update_module_params=True)
+
+    def gammas(self, num_steps: int | None = None, schedule: str | None = None) -> torch.Tensor:
+        g0, g1 = self.endpoints()
+        return dm.discrete_gammas(schedule or self.schedule, num_steps or self.num_steps, g0, g1)
+
+    # -- the Pyro programs ----------------------------------------------------------------------
+    def _plate(self, subsample_size: int | None) -> pyro.plate:
+        return pyro.plate("data", self.num_data, subsample_size=subsample_size)
+
+    def create_plates(self, subsample_size: int | None = None) -> pyro.plate:
+        return self._plate(subsample_size)
+
+    def model(self, subsample_size: int | None = None) -> None:
+        if self.objective == "mc":
+            self._chain_program(subsample_size, is_model=True)
+        else:
+            self._step_program(subsample_size, is_model=True)
+
+    def forward_guide(self, subsample_size: int | None = None) -> None:
+        """q(z | x): the fixed forward process (of the sites the objective uses)."""
+        if self.objective == "mc":
+            self._chain_program(subsample_size, is_model=False)
+        else:
+            self._step_program(subsample_size, is_model=False)
+
+    def build_guide(self, name: str) -> Callable[..., Any]:
+        if name == "forward":
+            return self.forward_guide
+        return super().build_guide(name)
+
+    def _cv(self, x: torch.Tensor, eps: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        """The Gaussian control variate (zero mean; 0 when ``--control-variate`` is off)."""
+        if not self.control_variate:
+            return torch.zeros(eps.shape[:-1], dtype=eps.dtype)
+        return dm.gaussian_control_variate(x, eps, gamma, self.data_mean, self.data_var)
+
+    def _recon_weight(self, gamma_1: torch.Tensor) -> torch.Tensor:
+        """log p(x | z_1) = const - w ||eps_1 - eps_hat||^2: w = sigma_1^2 / (2 alpha_1^2 v_1)."""
+        v1 = dm.decoder_variance(gamma_1, **self.kernel)
+        return 0.5 * torch.sigmoid(gamma_1) / (torch.sigmoid(-gamma_1) * v1)
+
+    def _chain_program(self, subsample_size: int | None, is_model: bool) -> None:
+        gammas = self.gammas()
+        eps_fn = self.eps_fn() if is_model else None
+        with self._plate(subsample_size) as idx:
+            x = self.x[idx]
+            if not is_model:
+                pyro.sample("z", dm.ForwardChain(x, gammas))
+                return
+            chain = dm.ReverseChain(eps_fn, gammas, x.shape[:-1], self.dim, **self.kernel)
+            z = pyro.sample("z", chain)
+            z1 = z[..., 0, :]
+            g1 = gammas[0].expand(z1.shape[:-1])
+            pyro.sample("x", dm.decoder(z1, eps_fn(z1, g1), gammas[0], **self.kernel), obs=x)
+
+    def _step_program(self, subsample_size: int | None, is_model: bool) -> None:
+        g0, g1 = self.endpoints()
+        zero = self.tensor(0.0)
+        u = pyro.sample("u", dist.Uniform(zero, zero + 1))
+        eps_fn = self.eps_fn() if is_model else None
+        with self._plate(subsample_size) as idx:
+            x = self.x[idx]
+            n = x.shape[0]
+            # VDM's low-discrepancy sampler: one uniform offset, the batch spread over [0, 1)
+            tau = torch.remainder(u + torch.arange(n, dtype=x.dtype) / n, 1.0)
+            if self.objective == "vdm":
+                gamma_t, dgamma = dm.log_snr(self.schedule, tau, g0, g1)
+                const, weight = torch.zeros_like(tau), 0.5 * dgamma
+            else:
+                gammas = self.gammas()
+                k = 1 + torch.floor(tau * (self.num_steps - 1)).long().clamp(max=self.num_steps - 2)
+                gamma_t, gamma_s = gammas[k], gammas[k - 1]
+                const, weight = dm.step_kl_weights(gamma_s, gamma_t, dim=self.dim, **self.kernel)
+                const, weight = (self.num_steps - 1) * const, (self.num_steps - 1) * weight
+            alpha_t, sigma_t = dm.alpha_sigma(gamma_t)
+            base = dist.Normal(alpha_t.unsqueeze(-1) * x, sigma_t.unsqueeze(-1)).to_event(1)
+            alpha_1, sigma_1 = dm.alpha_sigma(g0)
+            q1 = dist.Normal(alpha_1 * x, sigma_1.expand(x.shape)).to_event(1)
+            if not is_model:
+                pyro.sample("z_t", base)
+                pyro.sample("z_1", q1)
+                return
+            prior = dm.prior_kl(x, g1)
+
+            def diffusion_penalty(z: torch.Tensor) -> torch.Tensor:
+                eps = (z - alpha_t.unsqueeze(-1) * x) / sigma_t.unsqueeze(-1)
+                eps_hat = eps_fn(z, gamma_t.expand(z.shape[:-1]))
+                sq = (eps - eps_hat).pow(2).sum(-1) - self._cv(x, eps, gamma_t)
+                return prior + const + weight * sq
+
+            def reconstruction_cv(z: torch.Tensor) -> torch.Tensor:
+                eps = (z - alpha_1 * x) / sigma_1
+                return -self._recon_weight(g0) * self._cv(x, eps, g0.expand(z.shape[:-1]))
+
+            pyro.sample("z_t", dm.Penalised(base, diffusion_penalty))
+            z1 = pyro.sample("z_1", dm.Penalised(q1, reconstruction_cv))
+            eps_1 = eps_fn(z1, g0.expand(z1.shape[:-1]))
+            pyro.sample("x", dm.decoder(z1, eps_1, g0, **self.kernel), obs=x)
+
+    # -- what is known exactly -----------------------------------------------------------------
+    def log_p_data(self, x: torch.Tensor | None = None) -> torch.Tensor | None:
+        """log p_data(x) per point under the true data density (None for user data)."""
+        if self.density is None:
+            return None
+        return self.density.log_prob(self.x if x is None else x)
+
+    def best_elbo(self, guide: str) -> float | None:
+        """The ideal: sum over the training points of log p_data(x_n), the ELBO of a perfect
+        model (p_theta = p_data and q = its posterior) in expectation over data sets. Not a
+        bound at the current parameters: see the module docstring."""
+        lp = self.log_p_data()
+        return None if lp is None else lp.sum().item()
+
+    # -- the bounds, evaluated directly (no Pyro), per data point ----------------------------
+    def _reconstruction(self, x, eps_fn, g0, draws: int) -> torch.Tensor:
+        """E log p(x | z_1), z_1 ~ q(z_1 | x), from ``draws`` draws (with the control variate)."""
+        alpha_1, sigma_1 = dm.alpha_sigma(g0)
+        eps = torch.randn((draws, *x.shape), dtype=x.dtype)
+        z1 = alpha_1 * x + sigma_1 * eps
+        lp = dm.decoder(z1, eps_fn(z1, g0.expand(z1.shape[:-1])), g0, **self.kernel).log_prob(x)
+        lp = lp + self._recon_weight(g0) * self._cv(x, eps, g0.expand(z1.shape[:-1]))
+        return lp.mean(0)
+
+    @torch.no_grad()
+    def continuous_terms(
+        self, x: torch.Tensor, draws: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """VDM's continuous-time bound per point: -L_T - L_0 - L_diffusion, with ``draws``
+        stratified times per point for the diffusion term (default: about 200,000 in all, at
+        least 16 per point) and as many z_1 for L_0."""
+        if draws is None:
+            draws = max(16, 200_000 // x.shape[0])
+        eps_fn = self.eps_fn()
+        g0, g1 = (g.detach() for g in self.endpoints())
+        n = x.shape[0]
+        offset = torch.rand(n, dtype=x.dtype)
+        tau = torch.remainder(offset + torch.arange(draws, dtype=x.dtype).unsqueeze(-1) / draws, 1)
+        gamma, dgamma = dm.log_snr(self.schedule, tau, g0, g1)
+        alpha, sigma = (s.unsqueeze(-1) for s in dm.alpha_sigma(gamma))
+        eps = torch.randn((draws, n, self.dim), dtype=x.dtype)
+        eps_hat = eps_fn(alpha * x + sigma * eps, gamma)
+        sq = (eps - eps_hat).pow(2).sum(-1) - self._cv(x, eps, gamma)
+        diffusion = (0.5 * dgamma * sq).mean(0)
+        recon = self._reconstruction(x, eps_fn, g0, draws)
+        prior = dm.prior_kl(x, g1)
+        return {
+            "elbo": recon - prior - diffusion,
+            "L_0": -recon,
+            "L_T": prior,
+            "diffusion": diffusion,
+        }
+
+    @torch.no_grad()
+    def discrete_terms(
+        self, x: torch.Tensor, num_steps: int | None = None, schedule: str | None = None
+    ) -> dict[str, torch.Tensor]:
+        """DDPM's bound per point, every step's analytic KL with one z_t ~ q(z_t | x) per step
+        and point: ``elbo`` = -L_T - sum_t L_{t-1} - L_0 (per point), ``per_step`` (T - 1, n):
+        L_{t-1} for t = 2..T."""
+        eps_fn = self.eps_fn()
+        gammas = self.gammas(num_steps, schedule).detach()
+        g0, g1 = gammas[0], gammas[-1]
+        n = x.shape[0]
+        block = max(1, 200_000 // n)
+        steps = []
+        for start in range(1, gammas.shape[0], block):
+            stop = min(start + block, gammas.shape[0])
+            g_t = gammas[start:stop].unsqueeze(-1).expand(-1, n)
+            g_s = gammas[start - 1 : stop - 1].unsqueeze(-1).expand(-1, n)
+            alpha, sigma = (s.unsqueeze(-1) for s in dm.alpha_sigma(g_t))
+            eps = torch.randn((*g_t.shape, self.dim), dtype=x.dtype)
+            eps_hat = eps_fn(alpha * x + sigma * eps, g_t)
+            const, weight = dm.step_kl_weights(g_s, g_t, dim=self.dim, **self.kernel)
+            sq = (eps - eps_hat).pow(2).sum(-1) - self._cv(x, eps, g_t)
+            steps.append(const + weight * sq)
+        per_step = torch.cat(steps)
+        recon = self._reconstruction(x, eps_fn, g0, 1)
+        prior = dm.prior_kl(x, g1)
+        diffusion = per_step.sum(0)
+        return {
+            "elbo": recon - prior - diffusion,
+            "L_0": -recon,
+            "L_T": prior,
+            "diffusion": diffusion,
+            "per_step": per_step,
+        }
+
+    @torch.no_grad()
+    def chain_log_weights(
+        self, x: torch.Tensor, particles: int = 1, num_steps: int | None = None
+    ) -> torch.Tensor:
+        """log p(x, z) - log q(z | x) for whole chains z ~ q(z_{1:T} | x), shape
+        (particles, n): the Monte Carlo ELBO's summands (what ``Trace_ELBO`` averages)."""
+        eps_fn = self.eps_fn()
+        gammas = self.gammas(num_steps).detach()
+        out = []
+        block = max(1, 200_000 // (gammas.shape[0] * particles))
+        for start in range(0, x.shape[0], block):
+            xb = x[start : start + block]
+            q = dm.ForwardChain(xb, gammas)
+            z = q.sample((particles,))
+            p = dm.ReverseChain(eps_fn, gammas, xb.shape[:-1], self.dim, **self.kernel)
+            z1 = z[..., 0, :]
+            eps_1 = eps_fn(z1, gammas[0].expand(z1.shape[:-1]))
+            obs = dm.decoder(z1, eps_1, gammas[0], **self.kernel)
+            out.append(p.log_prob(z) + obs.log_prob(xb) - q.log_prob(z))
+        return torch.cat(out, dim=-1)
+
+    @torch.no_grad()
+    def chain_iwae(
+        self, x: torch.Tensor, particles: int = 16, num_steps: int | None = None
+    ) -> torch.Tensor:
+        """The importance-weighted bound (Burda et al. 2016) of the T-step model per point,
+        log mean_k w_k over ``particles`` whole chains from q: an estimate of the discrete-time
+        (SDE) model's log-likelihood from below, tighter than its ELBO."""
+        log_w = self.chain_log_weights(x, particles, num_steps)
+        return torch.logsumexp(log_w, 0) - math.log(particles)
+
+    @torch.no_grad()
+    def ode_log_likelihood(self, x: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """log p(x) per point under the probability-flow ODE (exact divergence, RK4)."""
+        g0, g1 = (g.item() for g in self.endpoints())
+        steps = steps or self.report_sizes["ode_steps"]
+        return dm.ode_log_likelihood(self.eps_fn(), x, g0, g1, steps)
+
+    @torch.no_grad()
+    def sample(self, num: int, num_steps: int | None = None) -> torch.Tensor:
+        """Draws of x from the reverse chain (ancestral sampling)."""
+        gammas = self.gammas(num_steps).detach()
+        chain = dm.ancestral_chain(self.eps_fn(), gammas, (num,), self.dim, **self.kernel)
+        return chain[-1]
+
+    # -- reporting -----------------------------------------------------------------------------
+    def _per_point(self, name: str, values: torch.Tensor, ideal: torch.Tensor | None) -> dict:
+        mean, se = _mean_se(values)
+        row = {f"{name}": mean, f"{name}_se": se, f"{name}_bits_per_dim": -mean / self._bits}
+        if ideal is not None:
+            gap, gap_se = _mean_se(ideal - values)
+            row[f"{name}_gap"], row[f"{name}_gap_se"] = gap, gap_se
+        return row
+
+    @property
+    def _bits(self) -> float:
+        return self.dim * math.log(2)
+
+    def report(self) -> dict[str, Any]:
+        """Everything worth knowing at the current parameters, in nats per point (and negative
+        log-likelihoods in bits per dimension), on the training points and on fresh ones."""
+        sizes = self.report_sizes
+        out: dict[str, Any] = {
+            "dataset": self.dataset,
+            "density": None if self.density is None else self.density.description,
+            "density_exact": None if self.density is None else self.density.exact,
+            "objective": self.objective,
+            "timesteps": self.num_steps,
+            "schedule": self.schedule,
+            "gamma_min": self.endpoints()[0].item(),
+            "gamma_max": self.endpoints()[1].item(),
+            "denoiser": self.denoiser_kind,
+            "iwae_and_khat_valid": self.objective == "mc",
+            "units": "nats per point; *_bits_per_dim = -value / (D ln 2)",
+        }
+        sets = {"train": self.x}
+        if self.x_test is not None:
+            sets["test"] = self.x_test
+        for label, x in sets.items():
+            lp = self.log_p_data(x)
+            row: dict[str, Any] = {"points": int(x.shape[0])}
+            if lp is not None:
+                row.update(self._per_point("log_p_data", lp, None))
+            cont = self.continuous_terms(x)
+            row.update(self._per_point("elbo_continuous", cont["elbo"], lp))
+            for term in ("L_0", "L_T", "diffusion"):
+                row[f"continuous_{term}"] = cont[term].mean().item()
+            out[label] = row
+        # the T-step bound term by term, and the Monte Carlo chain ELBO, on a subset
+        x = (self.x_test if self.x_test is not None else self.x)[: sizes["eval_points"]]
+        lp = self.log_p_data(x)
+        disc = self.discrete_terms(x)
+        row = {"points": int(x.shape[0]), "T": self.num_steps}
+        row.update(self._per_point("elbo", disc["elbo"], lp))
+        row["L_0"] = disc["L_0"].mean().item()
+        row["L_T"] = disc["L_T"].mean().item()
+        row["diffusion"] = disc["diffusion"].mean().item()
+        row["per_step_L"] = disc["per_step"].mean(1).tolist()
+        mc = self.chain_log_weights(x)[0]
+        row.update(self._per_point("elbo_mc_chain", mc, lp))
+        diff, diff_se = _mean_se(disc["elbo"] - mc)
+        row["rb_minus_mc"], row["rb_minus_mc_se"] = diff, diff_se
+        row["rb_minus_mc_z"] = diff / diff_se if diff_se > 0 else math.nan
+        out["discrete"] = row
+        if sizes["ode_points"] > 0:
+            x = (self.x_test if self.x_test is not None else self.x)[: sizes["ode_points"]]
+            lp = self.log_p_data(x)
+            row = {"points": int(x.shape[0]), "rk4_steps": sizes["ode_steps"]}
+            row.update(self._per_point("log_lik_ode", self.ode_log_likelihood(x), lp))
+            if lp is not None:
+                row.update(self._per_point("log_p_data", lp, None))
+            out["ode"] = row
+        return out
+
+    def summary(self, guide) -> dict[str, Any]:
+        return self.report()
+
+    def plots(self, result) -> dict[str, Figure]:
+        title = f"{self.dataset}, {self.objective} objective, T = {self.num_steps}"
+        summary = getattr(result, "summary", None) or {}
+        return {
+            "samples": samples_figure(self, title),
+            "elbo_by_step": elbo_split_figure(self, summary, title),
+            "denoising": denoising_figure(self, title),
+            "elbo_vs_ideal": elbo_vs_ideal_figure(self, result.history, title),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+def _density_contours(ax, model: Diffusion, lims: tuple[float, float, float, float]) -> None:
+    if model.density is None:
+        return
+    xs = np.linspace(lims[0], lims[1], 120)
+    ys = np.linspace(lims[2], lims[3], 120)
+    grid = torch.tensor(np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2))
+    logp = model.density.log_prob(grid).reshape(len(ys), len(xs)).numpy()
+    top = logp.max()
+    ax.contour(
+        xs,
+        ys,
+        logp,
+        levels=top - np.array([6.0, 4.0, 2.0, 0.5]),
+        colors="k",
+        linewidths=0.6,
+        alpha=0.5,
+    )
+
+
+def _limits(x: np.ndarray, pad: float = 0.15) -> tuple[float, float, float, float]:
+    lo, hi = x.min(0), x.max(0)
+    span = hi - lo
+    return (
+        lo[0] - pad * span[0],
+        hi[0] + pad * span[0],
+        lo[1] - pad * span[1],
+        hi[1] + pad * span[1],
+    )
+
+
+def samples_figure(model: Diffusion, title: str, num: int = 500) -> Figure:
+    """Data against draws from the reverse chain (ancestral sampling, T steps), with contours
+    of the exact data density where it is known."""
+    import matplotlib.pyplot as plt
+
+    data = model.x.cpu().numpy()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        draws = model.sample(min(num, model.num_data)).cpu().numpy()
+    if model.dim != 2:
+        data, draws = data[:, :2], draws[:, :2]
+    lims = _limits(data)
+    fig, axes = plt.subplots(
+        1, 2, figsize=(9.6, 4.6), constrained_layout=True, sharex=True, sharey=True
+    )
+    for ax, pts, label in ((axes[0], data, "data"), (axes[1], draws, "samples (reverse chain)")):
+        ax.scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.5, color="C0" if label == "data" else "C1")
+        if model.dim == 2:
+            _density_contours(ax, model, lims)
+        ax.set_xlim(lims[0], lims[1])
+        ax.set_ylim(lims[2], lims[3])
+        ax.set_aspect("equal")
+        ax.set_title(f"{label}, {len(pts)} points")
+    fig.suptitle(f"Samples against data: {title}", fontsize="medium")
+    return fig
+
+
+def elbo_split_figure(model: Diffusion, summary: dict[str, Any], title: str) -> Figure:
+    """The T-step ELBO across t (each step's KL L_{t-1}, per point, and their running sum), and
+    each bound's gap to E log p_data with its standard error."""
+    import matplotlib.pyplot as plt
+
+    if "discrete" not in summary:
+        summary = model.report()
+    disc = summary["discrete"]
+    per_step = np.asarray(disc["per_step_L"])
+    t = np.arange(2, len(per_step) + 2)
+    fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.2), constrained_layout=True)
+    ax = axes[0]
+    ax.plot(t, per_step, color="C0", lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("step t (the KL of z_{t-1} given z_t)")
+    ax.set_ylabel("L_{t-1}, nats per point", color="C0")
+    twin = ax.twinx()
+    twin.plot(t, np.cumsum(per_step), color="C3", lw=1.5)
+    twin.set_ylabel("running sum over steps, nats per point", color="C3")
+    ax.set_title(
+        f"T = {disc['T']}: L_0 = {disc['L_0']:.3f}, sum L_(t-1) = {disc['diffusion']:.3f}, "
+        f"L_T = {disc['L_T']:.1e}",
+        fontsize="medium",
+    )
+    ax = axes[1]
+    rows = [
+        (f"ELBO, T = {disc['T']}\n(analytic KLs)", disc, "elbo", "C0"),
+        (f"ELBO, T = {disc['T']}\n(Monte Carlo chain)", disc, "elbo_mc_chain", "C9"),
+    ]
+    split = "test" if "test" in summary else "train"
+    rows.append(("ELBO, T = inf\n(VDM)", summary[split], "elbo_continuous", "C1"))
+    if "ode" in summary:
+        rows.append(("ODE\nlog-likelihood", summary["ode"], "log_lik_ode", "C5"))
+    if f"{rows[0][2]}_gap" in disc:
+        labels = [r[0] for r in rows]
+        gaps = [r[1][f"{r[2]}_gap"] for r in rows]
+        errs = [2 * r[1][f"{r[2]}_gap_se"] for r in rows]
+        ax.bar(range(len(rows)), gaps, yerr=errs, color=[r[3] for r in rows], capsize=4)
+        ax.set_xticks(range(len(rows)), labels, fontsize="small")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_ylabel("E log p_data - value, nats per point")
+        ax.set_title("gap to the exact E log p_data (held-out, ±2 s.e.)", fontsize="medium")
+    else:
+        ax.text(0.5, 0.5, "no known data density", ha="center", transform=ax.transAxes)
+        ax.set_axis_off()
+    fig.suptitle(f"The ELBO split across t: {title}", fontsize="medium")
+    return fig
+
+
+def denoising_figure(model: Diffusion, title: str, side: int = 15) -> Figure:
+    """A grid of points taken as z_T, run down the reverse chain (top) and along the
+    probability-flow ODE (bottom, deterministic): snapshots, coloured by where each started."""
+    import matplotlib.pyplot as plt
+
+    lin = np.linspace(-2.5, 2.5, side)
+    grid = np.stack(np.meshgrid(lin, lin), -1).reshape(-1, 2)
+    start = torch.tensor(grid)
+    if model.dim != 2:
+        start = torch.cat([start, torch.zeros(len(grid), model.dim - 2, dtype=start.dtype)], -1)
+    gammas = model.gammas().detach()
+    num = gammas.shape[0]
+    eps_fn = model.eps_fn()
+    generator = torch.Generator().manual_seed(0)
+    chain = dm.ancestral_chain(
+        eps_fn, gammas, (len(grid),), model.dim, start=start, generator=generator, **model.kernel
+    )
+    # chain[k] is z_{T-k} for k < T and chain[T] is x; the ODE's states at the same gammas
+    picks = sorted({0, num // 2, (3 * num) // 4, (9 * num) // 10, num - 1, num})
+    ode_steps = 100
+    g_lo, g_hi = float(gammas[0]), float(gammas[-1])
+    gamma_of = {k: float(gammas[num - 1 - k]) for k in picks if k < num}
+    keep = {k: round((g_hi - g) / (g_hi - g_lo) * ode_steps) for k, g in gamma_of.items()}
+    x_ode, states = dm.ode_sample(eps_fn, start, g_lo, g_hi, ode_steps, keep=set(keep.values()))
+    colour = np.arctan2(grid[:, 1], grid[:, 0])
+    size = 4 + 4 * np.hypot(grid[:, 0], grid[:, 1])
+    fig, axes = plt.subplots(
+        2,
+        len(picks),
+        figsize=(2.4 * len(picks), 5.2),
+        constrained_layout=True,
+        sharex=True,
+        sharey=True,
+    )
+    data = model.x.cpu().numpy()
+    lims = _limits(np.concatenate([data[:, :2], grid]), pad=0.05)
+    for col, k in enumerate(picks):
+        ode_pts = x_ode if k == num else states[keep[k]]
+        for row, pts in enumerate((chain[k], ode_pts)):
+            ax = axes[row, col]
+            pts = pts.cpu().numpy()
+            if k == num:
+                ax.scatter(data[:, 0], data[:, 1], s=1, color="0.8")
+            ax.scatter(pts[:, 0], pts[:, 1], c=colour, s=size, cmap="hsv", alpha=0.8)
+            ax.set_xlim(lims[0], lims[1])
+            ax.set_ylim(lims[2], lims[3])
+            ax.set_aspect("equal")
+        label = "x" if k == num else f"z_{num - k}"
+        axes[0, col].set_title(label, fontsize="medium")
+    axes[0, 0].set_ylabel("reverse chain")
+    axes[1, 0].set_ylabel("probability-flow ODE")
+    fig.suptitle(f"Denoising a grid taken as z_T: {title}", fontsize="medium")
+    return fig
+
+
+def elbo_vs_ideal_figure(model: Diffusion, history, title: str) -> Figure:
+    """The training trace of the ELBO per point against E log p_data (the ideal)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
+    n = model.num_data
+    ax.plot(history["step"], history["elbo"] / n, color="C0", label="ELBO (trace particles)")
+    lp = model.log_p_data()
+    if lp is not None:
+        ideal = lp.mean().item()
+        ax.axhline(ideal, color="k", ls="--", label=f"E log p_data = {ideal:.3f}")
+        tail = (history["elbo"] / n).to_numpy()[len(history) // 5 :]
+        tail = tail[np.isfinite(tail)]
+        if tail.size:
+            ax.set_ylim(min(tail.min(), ideal) - 0.2, max(tail.max(), ideal) + 0.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats per point")
+    ax.legend(loc="lower right")
+    ax.set_title(f"ELBO against the ideal: {title}", fontsize="medium")
+    return fig
