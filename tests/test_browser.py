@@ -23,6 +23,7 @@ import zoo
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 pytestmark = [
+    pytest.mark.slow,  # builds the docs (every gallery page trains its model)
     pytest.mark.skipif(
         CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium chromium-driver)"
     ),

@@ -111,6 +111,7 @@ def test_model_help_lists_its_options(cli):
         assert flag in out.stdout
 
 
+@pytest.mark.slow  # every model's leaderboard runs; CI runs it with -m slow
 def test_all_quick_writes_a_leaderboard(cli):
     out = cli("all", "--quick", "--quiet")
     assert out.returncode == 0, out.stderr

@@ -87,7 +87,7 @@ def test_gallery_script_follows_the_pattern(script: Path):
         )
 
 
-# -- the build -------------------------------------------------------------------------------------
+# -- the build (slow: every gallery page trains its model; CI runs it with -m slow) ---------------
 @dataclass
 class DocsBuild:
     html: Path
@@ -152,6 +152,7 @@ def _problems(log: str) -> str:
     return "\n".join(lines[-40:]) or log[-4000:]
 
 
+@pytest.mark.slow
 def test_docs_build_without_warnings_in_quick_mode(docs_build: DocsBuild):
     assert docs_build.returncode == 0, (
         f"sphinx-build -W failed (exit {docs_build.returncode}) after {docs_build.seconds:.0f} s:"
@@ -161,6 +162,7 @@ def test_docs_build_without_warnings_in_quick_mode(docs_build: DocsBuild):
         assert (docs_build.html / page).is_file(), f"{page} was not built"
 
 
+@pytest.mark.slow
 def test_index_has_the_applications_table(docs_build: DocsBuild):
     if docs_build.returncode != 0:
         pytest.fail("the docs did not build: see test_docs_build_without_warnings_in_quick_mode")
@@ -172,6 +174,7 @@ def test_index_has_the_applications_table(docs_build: DocsBuild):
     assert "ELBO = expected log-likelihood − KL to the prior." in index
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", zoo.model_names())
 def test_model_page_shows_its_numbers_and_figures(docs_build: DocsBuild, model: str):
     """Each model page printed the gap and shows at least the trace, the terms and its own."""
@@ -188,6 +191,7 @@ def test_model_page_shows_its_numbers_and_figures(docs_build: DocsBuild, model: 
         assert "exact log evidence" in page and "gap log p(x) - ELBO" in page
 
 
+@pytest.mark.slow
 def test_leaderboard_page_has_every_model(docs_build: DocsBuild):
     if docs_build.returncode != 0:
         pytest.fail("the docs did not build: see test_docs_build_without_warnings_in_quick_mode")
