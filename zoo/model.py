@@ -27,6 +27,7 @@ What a subclass should provide where it exists
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,36 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
     from zoo.results import FitResult
+
+
+def positive_float(value: Any) -> float:
+    """An option type: a finite number > 0."""
+    number = float(value)
+    if not (number > 0 and math.isfinite(number)):
+        raise ValueError(f"{value!r} is not a positive number")
+    return number
+
+
+def positive_int(value: Any) -> int:
+    """An option type: an integer >= 1 (``"3"`` and ``3.0`` pass, ``2.5`` and ``True`` do not)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a positive integer")
+    number = int(float(value))
+    if number < 1 or number != float(value):
+        raise ValueError(f"{value!r} is not a positive integer")
+    return number
+
+
+def boolean(value: Any) -> bool:
+    """An option type: true/false, yes/no, on/off, 1/0."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{value!r} is not a boolean (true/false)")
 
 
 @dataclass(frozen=True)

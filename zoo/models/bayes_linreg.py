@@ -45,7 +45,7 @@ from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
 from zoo.data import read_numeric_table
 from zoo.errors import DataError, ZooError
-from zoo.model import Option, Training, ZooModel
+from zoo.model import Option, Training, ZooModel, positive_float
 from zoo.registry import register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -158,13 +158,6 @@ def load_diabetes_data() -> tuple[np.ndarray, np.ndarray, list[str]]:
     return data.data, data.target, list(data.feature_names)
 
 
-def _positive(value: Any) -> float:
-    value = float(value)
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"must be a positive number, got {value!r}")
-    return value
-
-
 @register
 class BayesianLinearRegression(ZooModel):
     name = "bayes-linreg"
@@ -172,10 +165,10 @@ class BayesianLinearRegression(ZooModel):
     application = "Mean-field variational Bayes"
     reference = "Bishop, PRML §3.3, §3.5, §10.1; Blei, Kucukelbir & McAuliffe (2017), JASA 112"
     options = (
-        Option("prior_scale", _positive, 1.0, "prior sd s of every weight: w ~ N(0, s^2 I)"),
+        Option("prior_scale", positive_float, 1.0, "prior sd s of every weight: w ~ N(0, s^2 I)"),
         Option(
             "noise_scale",
-            _positive,
+            positive_float,
             0.7,
             "known noise sd sigma of the standardised target (0.7: near the OLS residual sd)",
         ),

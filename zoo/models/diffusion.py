@@ -85,7 +85,7 @@ from pyro.distributions import constraints
 from zoo import diffusion_math as dm
 from zoo.data import read_numeric_table
 from zoo.errors import DataError
-from zoo.model import Option, Training, ZooModel
+from zoo.model import Option, Training, ZooModel, boolean, positive_float
 from zoo.registry import register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -93,17 +93,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 OBJECTIVES = ("vdm", "rb", "mc")
 _MODULE = "denoiser"
-
-
-def _boolean(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{value!r} is not a boolean (true/false)")
 
 
 def _at_least(low: int):
@@ -114,13 +103,6 @@ def _at_least(low: int):
 
     convert.__name__ = "int"
     return convert
-
-
-def _positive_float(value: Any) -> float:
-    number = float(value)
-    if not (number > 0 and math.isfinite(number)):
-        raise ValueError(f"{value!r} is not a positive number")
-    return number
 
 
 def _mean_se(values: torch.Tensor) -> tuple[float, float]:
@@ -144,7 +126,7 @@ class Diffusion(ZooModel):
         Option("test_points", _at_least(10), 2000, "fresh points for the held-out report"),
         Option(
             "noise",
-            _positive_float,
+            positive_float,
             None,
             "data noise std; None: 0.354 (8gaussians), 0.1 (moons, swissroll)",
         ),
@@ -164,7 +146,7 @@ class Diffusion(ZooModel):
             "gamma_min", float, dm.DDPM_GAMMA_MIN, "gamma = -log SNR of z_1 (DDPM: beta_1 = 1e-4)"
         ),
         Option("gamma_max", float, dm.DDPM_GAMMA_MAX, "gamma = -log SNR of z_T (DDPM: T = 1000)"),
-        Option("learn_schedule", _boolean, False, "learn the two endpoints (VDM)"),
+        Option("learn_schedule", boolean, False, "learn the two endpoints (VDM)"),
         Option(
             "reverse_variance",
             str,
@@ -174,7 +156,7 @@ class Diffusion(ZooModel):
         ),
         Option(
             "control_variate",
-            _boolean,
+            boolean,
             True,
             "subtract the Gaussian denoiser's zero-mean noise from the estimators",
         ),

@@ -93,7 +93,7 @@ from scipy.special import betaln, digamma, gammaln
 
 from guides.prior_family import AutoPriorFamily
 from zoo.errors import DataError, ZooError
-from zoo.model import Option, Training, ZooModel
+from zoo.model import Option, Training, ZooModel, positive_float
 from zoo.registry import register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -393,11 +393,6 @@ def mse(estimate: Any, truth: Any) -> float:
 # --------------------------------------------------------------------------------------------
 # What the two models share
 # --------------------------------------------------------------------------------------------
-def _positive(value: Any) -> float:
-    x = float(value)
-    if not (x > 0 and math.isfinite(x)):
-        raise ValueError(f"{value!r} is not a positive number")
-    return x
 
 
 def _unit(value: Any) -> float:
@@ -511,7 +506,7 @@ class BaseballEmpiricalBayes(_EmpiricalBayes):
     reference = "Efron & Morris (1975), JASA 70, 311-319, Table 1; Neal & Hinton (1998)"
     options = (
         Option("init_mean", _unit, 0.5, "initial prior mean a / (a + b)"),
-        Option("init_concentration", _positive, 2.0, "initial prior concentration a + b"),
+        Option("init_concentration", positive_float, 2.0, "initial prior concentration a + b"),
     )
     data_plate = "players"
     latent = "p"
@@ -729,7 +724,9 @@ class EightSchools(_EmpiricalBayes):
     reference = "Rubin (1981), J. Educ. Stat. 6, 377-401; Gelman et al., BDA3 §5.5, Table 5.2"
     options = (
         Option("init_mu", _finite, 0.0, "initial prior mean mu"),
-        Option("init_tau", _positive, 10.0, "initial prior sd tau (10: about the sd of the y_j)"),
+        Option(
+            "init_tau", positive_float, 10.0, "initial prior sd tau (10: about the sd of the y_j)"
+        ),
     )
     data_plate = "schools"
     latent = "theta"

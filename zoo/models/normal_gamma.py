@@ -50,7 +50,7 @@ from scipy.special import digamma, gammaln
 from guides.prior_family import AutoPriorFamily
 from zoo.data import read_numeric_table
 from zoo.errors import DataError, ZooError
-from zoo.model import Option, Training, ZooModel
+from zoo.model import Option, Training, ZooModel, positive_float
 from zoo.registry import register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -201,13 +201,6 @@ def simulate(num_points: int, seed: int, mean: float, sd: float) -> np.ndarray:
     return np.random.default_rng(seed).normal(mean, sd, size=num_points)
 
 
-def _positive(value: Any) -> float:
-    value = float(value)
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"must be a positive number, got {value!r}")
-    return value
-
-
 _PRIOR_FAMILY_PARAMS = {"tau": ("concentration", "rate"), "mu": ("loc", "scale")}
 
 
@@ -219,13 +212,13 @@ class NormalGamma(ZooModel):
     reference = "Bishop, PRML §10.1.3; Murphy (2007) §5-6; Blei, Kucukelbir & McAuliffe (2017)"
     options = (
         Option("mu0", float, 0.0, "prior mean of mu"),
-        Option("lambda0", _positive, 1.0, "prior precision of mu, in units of tau"),
-        Option("a0", _positive, 1.0, "prior shape of tau"),
-        Option("b0", _positive, 1.0, "prior rate of tau"),
+        Option("lambda0", positive_float, 1.0, "prior precision of mu, in units of tau"),
+        Option("a0", positive_float, 1.0, "prior shape of tau"),
+        Option("b0", positive_float, 1.0, "prior rate of tau"),
         Option("num_points", int, 50, "points in the simulated data set"),
         Option("data_seed", int, 0, "seed of the simulated data set"),
         Option("true_mean", float, 1.0, "mean of the simulated data"),
-        Option("true_sd", _positive, 2.0, "standard deviation of the simulated data"),
+        Option("true_sd", positive_float, 2.0, "standard deviation of the simulated data"),
         Option("column", str, None, "with --data: the column to use (needed if several)"),
     )
     data_help = "CSV file with one numeric column (or name one with --column)"

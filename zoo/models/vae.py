@@ -74,7 +74,7 @@ from zoo.collapse import CollapseReport, collapse_report
 from zoo.data import read_numeric_table
 from zoo.diagnostics import evaluate
 from zoo.errors import DataError
-from zoo.model import Option, Training, ZooModel
+from zoo.model import Option, Training, ZooModel, boolean, positive_int
 from zoo.registry import register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -199,26 +199,6 @@ def _fraction(value: Any) -> float:
     if not 0.0 < value < 1.0:
         raise ValueError(f"{value!r} is not strictly between 0 and 1")
     return value
-
-
-def _positive(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a positive integer")
-    number = int(value)
-    if number < 1 or number != float(value):
-        raise ValueError(f"{value!r} is not a positive integer")
-    return number
-
-
-def _boolean(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{value!r} is not a boolean (true/false)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -550,9 +530,9 @@ class VariationalAutoencoder(_AmortizedModel):
         "Kingma & Welling (2014); Rezende et al. (2014); Burda et al. (2016); Kingma et al. (2016)"
     )
     options = (
-        Option("latent_dim", _positive, 8, "size q of the latent z"),
-        Option("hidden", _positive, 256, "width of the encoder's and decoder's hidden layers"),
-        Option("depth", _positive, 1, "hidden layers in the encoder and in the decoder"),
+        Option("latent_dim", positive_int, 8, "size q of the latent z"),
+        Option("hidden", positive_int, 256, "width of the encoder's and decoder's hidden layers"),
+        Option("depth", positive_int, 1, "hidden layers in the encoder and in the decoder"),
         Option(
             "likelihood",
             str,
@@ -560,10 +540,10 @@ class VariationalAutoencoder(_AmortizedModel):
             "bernoulli (binarised pixels) or gaussian (dequantised intensities, learned sd)",
             choices=("bernoulli", "gaussian"),
         ),
-        Option("flows", _positive, 4, "IAF layers of the iaf guide"),
+        Option("flows", positive_int, 4, "IAF layers of the iaf guide"),
         Option("test_fraction", _fraction, 0.2, "fraction of the data held out as the test set"),
         Option("split_seed", int, 0, "seed of the train/test split (and the dequantisation)"),
-        Option("test_particles", _positive, 1000, "K of the test-set IWAE in the summary"),
+        Option("test_particles", positive_int, 1000, "K of the test-set IWAE in the summary"),
     )
     guides = ("gaussian", "iaf")
     default_guide = "gaussian"
@@ -670,7 +650,7 @@ class LinearVAE(_AmortizedModel):
     application = "variational autoencoders"
     reference = "Tipping & Bishop (1999); Kingma & Welling (2014); Lucas et al. (2019)"
     options = (
-        Option("latent_dim", _positive, 8, "size q of the latent z"),
+        Option("latent_dim", positive_int, 8, "size q of the latent z"),
         Option(
             "init",
             str,
@@ -678,11 +658,11 @@ class LinearVAE(_AmortizedModel):
             "decoder start: random, ml (closed-form maximum likelihood), ml-rotated (W_ML R)",
             choices=("random", "ml", "ml-rotated"),
         ),
-        Option("train_decoder", _boolean, True, "train W, mu, sigma (false: encoder only)"),
+        Option("train_decoder", boolean, True, "train W, mu, sigma (false: encoder only)"),
         Option("rotation_seed", int, 0, "seed of the rotation R of --init ml-rotated"),
         Option("test_fraction", _fraction, 0.2, "fraction of the data held out as the test set"),
         Option("split_seed", int, 0, "seed of the train/test split"),
-        Option("test_particles", _positive, 1000, "K of the test-set IWAE in the summary"),
+        Option("test_particles", positive_int, 1000, "K of the test-set IWAE in the summary"),
     )
     guides = ("full-covariance", "diagonal")
     default_guide = "full-covariance"
