@@ -277,26 +277,40 @@ class AmortizedGuide:
         *,
         site: str = "z",
         module_name: str = "encoder",
+        extra: dict[str, nn.Module] | None = None,
     ) -> None:
         self.owner = owner
         self.encoder = encoder
         self.site = site
         self.module_name = module_name
+        #: more amortized sites in the same data plate, site name -> encoder (registered as
+        #: ``<site>_encoder``): a second plate of the same name would draw its own subsample
+        self.extra = dict(extra or {})
+
+    def _register(self) -> nn.Module:
+        for name, encoder in self.extra.items():
+            pyro.module(f"{name}_encoder", encoder, update_module_params=True)
+        return pyro.module(self.module_name, self.encoder, update_module_params=True)
 
     def __call__(self, subsample_size: int | None = None, **kwargs: Any) -> torch.Tensor:
-        pyro.module(self.module_name, self.encoder, update_module_params=True)
+        self._register()
         with self.owner.plate(subsample_size) as idx:
             full = subsample_size is None
             x = self.owner.encoder_input(None if full else idx)
-            return pyro.sample(self.site, self.encoder.distribution(x))
+            z = pyro.sample(self.site, self.encoder.distribution(x))
+            for name, encoder in self.extra.items():
+                pyro.sample(name, encoder.distribution(x))
+            return z
 
     def bind(self, owner: DataOwner) -> AmortizedGuide:
-        """This guide (same encoder, same parameters) reading its data from ``owner``."""
-        return AmortizedGuide(owner, self.encoder, site=self.site, module_name=self.module_name)
+        """This guide (same encoders, same parameters) reading its data from ``owner``."""
+        return AmortizedGuide(
+            owner, self.encoder, site=self.site, module_name=self.module_name, extra=self.extra
+        )
 
     def sync(self) -> nn.Module:
-        """Load the param store's current values into the encoder and return it."""
-        return pyro.module(self.module_name, self.encoder, update_module_params=True)
+        """Load the param store's current values into the encoders; return the main one."""
+        return self._register()
 
     def posterior(self, x: torch.Tensor) -> dist.TorchDistribution:
         """q(z | x) for a batch of inputs, outside any Pyro trace (at the store's values)."""

@@ -38,6 +38,16 @@ SMOKE: dict[str, list[str]] = {
         "100",
     ],
     "ising": ["--size", "4", "--steps", "30", "--eval-particles", "50"],
+    "scvi": [
+        "--steps",
+        "30",
+        "--record-every",
+        "15",
+        "--eval-particles",
+        "50",
+        "--test-particles",
+        "50",
+    ],
     "vae": [
         "--steps",
         "30",

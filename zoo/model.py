@@ -38,6 +38,7 @@ import torch
 from zoo.errors import ZooError
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
     from matplotlib.figure import Figure
 
     from zoo.results import FitResult
@@ -237,6 +238,11 @@ class ZooModel:
     # -- reporting ----------------------------------------------------------------------------
     def summary(self, guide: Callable[..., Any]) -> dict[str, Any]:
         """Fitted quantities worth reporting (JSON-serialisable), at the current parameters."""
+        return {}
+
+    def tables(self, result: FitResult) -> dict[str, pd.DataFrame]:
+        """The model's own tables at the current parameters, by file stem; the outputs layer
+        saves them as ``<stem>.csv`` (per-point latent means, say)."""
         return {}
 
     def plots(self, result: FitResult) -> dict[str, Figure]:

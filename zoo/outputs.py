@@ -58,6 +58,10 @@ def save_run(result: FitResult, run_dir: Path) -> Path:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         files.append(path)
+    for stem, table in result.model.tables(result).items():
+        path = run_dir / f"{stem}.csv"
+        table.to_csv(path, index=False)
+        files.append(path)
     if result.posterior_draws:
         draws = {k: v.numpy() for k, v in result.posterior_draws.items()}
         path = run_dir / "posterior.nc"

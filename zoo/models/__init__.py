@@ -8,5 +8,6 @@ from zoo.models import (  # noqa: F401
     gmm,
     ising,
     normal_gamma,
+    scvi,
     vae,
 )
