@@ -67,7 +67,7 @@ from guides.amortized import AmortizedGuide, GaussianEncoder, MLPDecoder
 from zoo.collapse import collapse_report
 from zoo.diagnostics import evaluate
 from zoo.errors import DataError
-from zoo.model import Option, Training, ZooModel
+from zoo.model import Option, Training, ZooModel, boolean, positive_int
 from zoo.registry import register
 from zoo.single_cell import CountData, InMemoryCounts, load_counts, load_pbmc68k_reduced
 
@@ -86,13 +86,6 @@ DENSE_LIMIT = 1 << 25
 # --------------------------------------------------------------------------------------------
 # Option converters
 # --------------------------------------------------------------------------------------------
-def _positive(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a positive integer")
-    number = int(value)
-    if number < 1 or number != float(value):
-        raise ValueError(f"{value!r} is not a positive integer")
-    return number
 
 
 def _held_out_fraction(value: Any) -> float:
@@ -100,17 +93,6 @@ def _held_out_fraction(value: Any) -> float:
     if not 0.0 <= value < 1.0:
         raise ValueError(f"{value!r} is not in [0, 1)")
     return value
-
-
-def _boolean(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{value!r} is not a boolean (true/false)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,20 +432,20 @@ class SingleCellVI(ZooModel):
             "layer", str, "auto", "h5ad matrix: auto (layers/counts, else X), X, raw or a layer"
         ),
         Option("label_key", str, "auto", "obs column with cell types (auto: a usual name)"),
-        Option("backed", _boolean, False, "read h5ad mini-batches from disk (CSR or dense X)"),
-        Option("allow_non_counts", _boolean, False, "proceed (with a warning) on non-integers"),
-        Option("latent_dim", _positive, 10, "size q of the cell embedding z"),
-        Option("hidden", _positive, 128, "width of the encoder's and decoder's hidden layers"),
-        Option("depth", _positive, 1, "hidden layers in each network"),
+        Option("backed", boolean, False, "read h5ad mini-batches from disk (CSR or dense X)"),
+        Option("allow_non_counts", boolean, False, "proceed (with a warning) on non-integers"),
+        Option("latent_dim", positive_int, 10, "size q of the cell embedding z"),
+        Option("hidden", positive_int, 128, "width of the encoder's and decoder's hidden layers"),
+        Option("depth", positive_int, 1, "hidden layers in each network"),
         Option("likelihood", str, "zinb", "count likelihood", choices=LIKELIHOODS),
         Option(
             "library", str, "observed", "library size: observed or latent", choices=LIBRARY_MODES
         ),
         Option("test_fraction", _held_out_fraction, 0.1, "fraction of cells held out (0: none)"),
         Option("split_seed", int, 0, "seed of the train/held-out split"),
-        Option("test_particles", _positive, 1000, "K of the held-out marginal likelihood"),
-        Option("num_cells", _positive, 1000, "cells of the simulated data set"),
-        Option("num_genes", _positive, 200, "genes of the simulated data set"),
+        Option("test_particles", positive_int, 1000, "K of the held-out marginal likelihood"),
+        Option("num_cells", positive_int, 1000, "cells of the simulated data set"),
+        Option("num_genes", positive_int, 200, "genes of the simulated data set"),
         Option("data_seed", int, 0, "seed of the simulated data set"),
     )
     data_help = (
