@@ -140,3 +140,17 @@ def test_elbo_halves_add_up_within_monte_carlo_error():
     d = _fit(steps=20, elbo="trace", eval_particles=2000).diagnostics
     assert d.kl_method == "analytic"
     assert abs(d.elbo - (d.expected_log_likelihood - d.kl)) < 4 * d.expected_log_likelihood_se
+
+
+def test_compare_puts_runs_side_by_side():
+    from zoo.leaderboard import compare
+
+    runs = {"EM": _fit(steps=5, method="closed-form"), "SVI": _fit(steps=5, elbo="trace")}
+    table = compare(runs, extra={"steps": (lambda r: r.config.steps, "{:d}")}).data
+    assert list(table["run"]) == ["EM", "SVI"]
+    assert list(table.columns[:2]) == ["run", "steps"]
+    for label, result in runs.items():
+        row = table.set_index("run").loc[label]
+        assert row["ELBO"] == result.diagnostics.elbo
+        assert row["gap (nats)"] == result.diagnostics.gap
+        assert row["log p(x)"] == result.diagnostics.log_evidence

@@ -7,13 +7,20 @@ one row per (model, guide, training), goes to ``runs/leaderboard.csv`` and to st
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from zoo.outputs import default_run_dir
 from zoo.registry import get_model, model_names
 from zoo.runner import fit
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pandas.io.formats.style import Styler
+
+    from zoo.results import FitResult
 
 COLUMNS = [
     "model",
@@ -84,3 +91,34 @@ def format_table(table: pd.DataFrame) -> str:
         return str(value)
 
     return table.to_string(index=False, formatters={c: fmt for c in table.columns})
+
+
+#: the diagnostics every comparison shows, and how they are formatted
+_COMPARE_COLUMNS = {
+    "ELBO": ("elbo", "{:.4f}"),
+    "± (MC)": ("elbo_se", "{:.1g}"),
+    "log p(x)": ("log_evidence", "{:.4f}"),
+    "gap (nats)": ("gap", "{:.4f}"),
+    "best ELBO of the family": ("best_elbo", "{:.4f}"),
+    "k-hat": ("khat", "{:.2f}"),
+}
+
+
+def compare(
+    results: Mapping[str, FitResult],
+    extra: Mapping[str, tuple[Callable[[FitResult], float], str]] | None = None,
+) -> Styler:
+    """Runs side by side (guides, training methods): ELBO, exact log evidence, gap, best ELBO
+    of the family and k-hat, plus ``extra`` columns ``{name: (value_of_result, format)}``
+    placed first. Returns a formatted table (the docs gallery renders it as HTML)."""
+    extra = dict(extra or {})
+    rows = []
+    for label, result in results.items():
+        d = result.diagnostics
+        row: dict[str, Any] = {"run": label}
+        row.update({name: get(result) for name, (get, _) in extra.items()})
+        row.update({name: getattr(d, attr) for name, (attr, _) in _COMPARE_COLUMNS.items()})
+        rows.append(row)
+    table = pd.DataFrame(rows).astype({name: float for name in _COMPARE_COLUMNS})
+    formats = {name: fmt for name, (_, fmt) in {**extra, **_COMPARE_COLUMNS}.items()}
+    return table.style.hide(axis="index").format(formats, na_rep="–")

@@ -21,9 +21,9 @@ statisticians".
 import os
 
 import matplotlib.pyplot as plt
-import pandas as pd
 
 import zoo
+from zoo.leaderboard import compare
 from zoo.run import format_result
 
 QUICK = os.environ.get("ZOO_DOCS_QUICK") == "1"  # set by `make -C docs html-quick`
@@ -75,38 +75,12 @@ for guide in ("full-rank", "exact"):
     results[guide] = zoo.fit(
         "bayes-linreg",
         guide=guide,
-        steps=1 if guide == "exact" else None,  # None: the model's default step count
         seed=0,
         quick=QUICK,
         eval_particles=EVAL_PARTICLES,
         progress=False,
     )
-table = pd.DataFrame(
-    [
-        {
-            "guide": guide,
-            "ELBO": r.diagnostics.elbo,
-            "± (MC)": r.diagnostics.elbo_se,
-            "best ELBO of the family": r.diagnostics.best_elbo,
-            "log p(x)": r.diagnostics.log_evidence,
-            "gap (nats)": r.diagnostics.gap,
-            "gap per point": r.diagnostics.gap / r.diagnostics.num_data,
-            "k-hat": r.diagnostics.khat,
-        }
-        for guide, r in results.items()
-    ]
-)
-table.style.hide(axis="index").format(
-    {
-        "ELBO": "{:.3f}",
-        "± (MC)": "{:.1g}",
-        "best ELBO of the family": "{:.3f}",
-        "log p(x)": "{:.3f}",
-        "gap (nats)": "{:.3f}",
-        "gap per point": "{:.2e}",
-        "k-hat": "{:.2f}",
-    }
-)
+compare(results)
 
 # %%
 # The full-rank guide's own picture: its ellipses take the exact posterior's orientation, and

@@ -17,10 +17,9 @@ the ELBO stays within Monte Carlo error of the exact log marginal likelihood. Fo
 # guide, ``prior-family``, is a free Normal per school.
 import os
 
-import pandas as pd
-
 import zoo
 import zoo.models.empirical_bayes  # registers the models (until zoo.models imports it)
+from zoo.leaderboard import compare
 from zoo.run import format_result
 
 QUICK = os.environ.get("ZOO_DOCS_QUICK") == "1"  # set by `make -C docs html-quick`
@@ -83,28 +82,11 @@ for guide in ("mean-field", "exact"):
         eval_particles=EVAL_PARTICLES,
         progress=False,
     )
-pd.DataFrame(
-    [
-        {
-            "guide": guide,
-            "mu": r.summary["mu"],
-            "tau": r.summary["tau"],
-            "log p below the max": r.summary["log_marginal_below_max"],
-            "ELBO": r.diagnostics.elbo,
-            "± (MC)": r.diagnostics.elbo_se,
-            "log p(y | mu, tau)": r.diagnostics.log_evidence,
-            "gap": r.diagnostics.gap,
-        }
-        for guide, r in runs.items()
-    ]
-).style.hide(axis="index").format(
-    {
-        "mu": "{:.3f}",
-        "tau": "{:.3g}",
-        "log p below the max": "{:.2g}",
-        "ELBO": "{:.4f}",
-        "± (MC)": "{:.1g}",
-        "log p(y | mu, tau)": "{:.4f}",
-        "gap": "{:.4f}",
-    }
+compare(
+    runs,
+    extra={
+        "mu": (lambda r: r.summary["mu"], "{:.3f}"),
+        "tau": (lambda r: r.summary["tau"], "{:.3g}"),
+        "log p below the max": (lambda r: r.summary["log_marginal_below_max"], "{:.2g}"),
+    },
 )

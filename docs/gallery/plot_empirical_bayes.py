@@ -20,10 +20,9 @@ maximum sits on the boundary tau = 0, have a page of their own). Follows Efron &
 # a + b, starting from the uniform prior a = b = 1.
 import os
 
-import pandas as pd
-
 import zoo
 import zoo.models.empirical_bayes  # registers the models (until zoo.models imports it)
+from zoo.leaderboard import compare
 from zoo.run import format_result
 
 QUICK = os.environ.get("ZOO_DOCS_QUICK") == "1"  # set by `make -C docs html-quick`
@@ -102,30 +101,10 @@ for guide in ("mean-field", "exact"):
         eval_particles=EVAL_PARTICLES,
         progress=False,
     )
-pd.DataFrame(
-    [
-        {
-            "guide": guide,
-            "a + b": r.summary["prior_concentration"],
-            "log p below the max": r.summary["log_marginal_below_max"],
-            "ELBO": r.diagnostics.elbo,
-            "± (MC)": r.diagnostics.elbo_se,
-            "log p(y | a, b)": r.diagnostics.log_evidence,
-            "gap": r.diagnostics.gap,
-            "best ELBO of the family": r.diagnostics.best_elbo,
-            "k-hat": r.diagnostics.khat,
-        }
-        for guide, r in runs.items()
-    ]
-).style.hide(axis="index").format(
-    {
-        "a + b": "{:.1f}",
-        "log p below the max": "{:.2g}",
-        "ELBO": "{:.4f}",
-        "± (MC)": "{:.1g}",
-        "log p(y | a, b)": "{:.4f}",
-        "gap": "{:.4f}",
-        "best ELBO of the family": "{:.4f}",
-        "k-hat": "{:.2f}",
-    }
+compare(
+    runs,
+    extra={
+        "a + b": (lambda r: r.summary["prior_concentration"], "{:.1f}"),
+        "log p below the max": (lambda r: r.summary["log_marginal_below_max"], "{:.2g}"),
+    },
 )

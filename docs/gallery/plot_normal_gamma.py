@@ -22,9 +22,9 @@ distribution", and Blei, Kucukelbir & McAuliffe (2017).
 import os
 
 import matplotlib.pyplot as plt
-import pandas as pd
 
 import zoo
+from zoo.leaderboard import compare
 from zoo.run import format_result
 
 QUICK = os.environ.get("ZOO_DOCS_QUICK") == "1"  # set by `make -C docs html-quick`
@@ -84,36 +84,14 @@ for guide in ("mean-field", "full-rank", "exact"):
     results["exact" if guide == "exact" else f"{guide}, SVI"] = zoo.fit(
         "normal-gamma",
         guide=guide,
-        steps=1 if guide == "exact" else None,  # None: the model's default step count
         seed=0,
         quick=QUICK,
         eval_particles=EVAL_PARTICLES,
         progress=False,
     )
-table = pd.DataFrame(
-    [
-        {
-            "guide, training": label,
-            "ELBO": r.diagnostics.elbo,
-            "± (MC)": r.diagnostics.elbo_se,
-            "log p(x)": r.diagnostics.log_evidence,
-            "gap (nats)": r.diagnostics.gap,
-            "k-hat": r.diagnostics.khat,
-            "ELBO, closed form": r.summary.get("fitted_elbo_analytic", float("nan")),
-        }
-        for label, r in results.items()
-    ]
-)
-table.style.hide(axis="index").format(
-    {
-        "ELBO": "{:.4f}",
-        "± (MC)": "{:.1g}",
-        "log p(x)": "{:.4f}",
-        "gap (nats)": "{:.4f}",
-        "k-hat": "{:.2f}",
-        "ELBO, closed form": "{:.4f}",
-    },
-    na_rep="–",
+compare(
+    results,
+    extra={"ELBO, closed form": (lambda r: r.summary.get("fitted_elbo_analytic"), "{:.4f}")},
 )
 
 # %%
