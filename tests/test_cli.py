@@ -158,6 +158,7 @@ def _fails_cleanly(out, needle):
         (["gmm", "--device", "tpu", "--steps", "2"], "unknown device"),
         (["gmm", "--data", "missing.csv", "--steps", "2"], "does not exist"),
         (["--resume", "nowhere"], "not a run directory"),
+        (["gmm", "--steps", "2", "--out", "/proc/no-such-dir"], "/proc/no-such-dir"),
         ([], "name a model"),
     ],
 )

@@ -293,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     except ZooError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return 2
+    except OSError as exc:  # an output or data path the file system refuses
+        where = f": {exc.filename}" if exc.filename else ""
+        sys.stderr.write(f"{PROG}: error: {exc.strerror or exc}{where}\n")
+        return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
         return 130
