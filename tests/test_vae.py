@@ -389,8 +389,12 @@ def test_kl_warmup_history():
     )
     h = result.history
     np.testing.assert_allclose(h["kl_weight"], np.minimum(1.0, h["step"] / 10))
-    # the recorded ELBO is at weight 1: reconstruction minus the whole KL
-    assert np.allclose(h["elbo"], h["expected_log_likelihood"] - h["kl"], rtol=0.05)
+    # the recorded ELBO is at weight 1: reconstruction minus the whole KL. The two sides differ
+    # by Monte Carlo noise (<= 12 nats measured, KL ~ 1000-1500 nats here); an ELBO recorded at
+    # the warm-up weight would be off by (1 - weight) KL, ~650 nats at step 5. 5% of the KL
+    # sits between the two.
+    gap = (h["elbo"] - (h["expected_log_likelihood"] - h["kl"])).abs()
+    assert (gap < 0.05 * h["kl"]).all(), gap
 
 
 # --------------------------------------------------------------------------------------------
