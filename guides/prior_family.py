@@ -76,7 +76,7 @@ from pyro.infer.autoguide.utils import deep_setattr
 from pyro.nn.module import PyroModule, PyroParam
 from pyro.ops.tensor_utils import periodic_repeat
 from torch import Tensor
-from torch.distributions import Distribution, Independent
+from torch.distributions import Distribution, Independent, transform_to
 
 __all__ = ["HALF_NORMAL_GAMMA_SHAPE", "SUPPORTED_PRIORS", "AutoPriorFamily"]
 
@@ -486,6 +486,37 @@ class AutoPriorFamily(AutoGuide):
             name: {k: v.detach().clone() for k, v in self._get_params(name).items()}
             for name in self._sites
         }
+
+    @torch.no_grad()
+    def set_factor(self, name: str, factor: Distribution) -> None:
+        """Put the factor of site ``name`` at ``factor``, in place.
+
+        ``factor`` must be of the site's factor family, with the plates at their full sizes
+        (the layout of :meth:`get_factors`). This is how a closed-form coordinate-ascent (CAVI)
+        update enters the guide: in a conditionally conjugate model the optimal factor of a
+        local site given everything else is a member of the prior's family (Bishop, PRML
+        §10.1.1). The parameter tensors are written in place, so an optimizer's state for them
+        stays attached.
+        """
+        self._require_setup()
+        if name not in self._sites:
+            raise KeyError(f"AutoPriorFamily has no site {name!r}; sites: {sorted(self._sites)}")
+        rule = self._sites[name].rule
+        base, _ = _unwrap(factor)
+        if not isinstance(base, rule.factor):
+            raise TypeError(
+                f"the factor of site {name!r} is a {rule.factor.__name__}, "
+                f"not a {type(base).__name__}"
+            )
+        for pname, current in self._get_params(name).items():
+            target = getattr(base, pname).to(current)
+            if target.shape != current.shape:
+                raise ValueError(
+                    f"{pname!r} of site {name!r} has shape {tuple(current.shape)}; "
+                    f"got {tuple(target.shape)}"
+                )
+            constraint = rule.factor.arg_constraints[pname]
+            current.unconstrained().copy_(transform_to(constraint).inv(target))
 
     @torch.no_grad()
     def get_factors(self) -> dict[str, Distribution]:

@@ -106,6 +106,18 @@ def test_summary_is_printed(cli):
     assert "exact log evidence" in out.stdout and "gap" in out.stdout and "EM" in out.stdout
 
 
+def test_local_steps_flag(cli):
+    """Models with a closed-form local step take --local-steps / --no-local-steps."""
+    out = cli("empirical-bayes", "--help")
+    assert "--local-steps" in out.stdout and "--no-local-steps" in out.stdout
+    args = ("--steps", "5", "--eval-particles", "50", "--quiet")
+    for flag, expected in (("--no-local-steps", False), (None, True)):
+        run = cli("empirical-bayes", *args, *([flag] if flag else []), "--run-dir", str(expected))
+        assert run.returncode == 0, run.stderr
+        report = json.loads((cli.cwd / str(expected) / "report.json").read_text())
+        assert report["config"]["local_steps"] is expected
+
+
 def test_list(cli):
     out = cli("--list")
     assert out.returncode == 0
@@ -159,6 +171,11 @@ def _fails_cleanly(out, needle):
         (["gmm", "--data", "missing.csv", "--steps", "2"], "does not exist"),
         (["--resume", "nowhere"], "not a run directory"),
         (["gmm", "--steps", "2", "--out", "/proc/no-such-dir"], "/proc/no-such-dir"),
+        (["gmm", "--local-steps"], "unrecognized arguments"),
+        (
+            ["empirical-bayes", "--guide", "exact", "--local-steps", "--steps", "2"],
+            "no closed-form local step for guide 'exact'",
+        ),
         ([], "name a model"),
     ],
 )

@@ -506,3 +506,29 @@ def test_median(float64: None) -> None:
     torch.testing.assert_close(cdf_t, torch.full((2,), 0.5))
     assert torch.special.gammaincc(torch.tensor(3.0), 2.0 / med["i"]).item() == pytest.approx(0.5)
     assert betainc(2.0, 3.0, med["p"].item()) == pytest.approx(0.5)
+
+
+def test_set_factor_writes_the_closed_form_update_in_place(float64: None) -> None:
+    """set_factor puts the factor at a given member of its family (a CAVI update): the
+    parameter tensors keep their identity (an optimizer's state stays attached), and the ELBO
+    is then the exact log evidence for every particle."""
+    guide = AutoPriorFamily(beta_binomial_model)
+    guide()
+    leaf = pyro.param("AutoPriorFamily.factors.concentration1.p").unconstrained()
+    exact = dist.Beta(torch.tensor(A + Y), torch.tensor(B + N_TRIALS - Y))
+    guide.set_factor("p", exact)
+    assert pyro.param("AutoPriorFamily.factors.concentration1.p").unconstrained() is leaf
+    q = guide.get_factors()["p"]
+    assert q.concentration1.item() == pytest.approx(A + Y, rel=1e-14)
+    assert q.concentration0.item() == pytest.approx(B + N_TRIALS - Y, rel=1e-14)
+    log_w, _, _ = vectorized_importance_weights(
+        beta_binomial_model, guide, num_samples=100, max_plate_nesting=0
+    )
+    assert log_w.std().item() < 1e-10
+
+    with pytest.raises(TypeError, match="is a Beta, not a Gamma"):
+        guide.set_factor("p", dist.Gamma(2.0, 1.0))
+    with pytest.raises(ValueError, match="shape"):
+        guide.set_factor("p", dist.Beta(torch.ones(3), torch.ones(3)))
+    with pytest.raises(KeyError, match="no site 'q'"):
+        guide.set_factor("q", exact)

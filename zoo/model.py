@@ -22,6 +22,8 @@ What a subclass should provide where it exists
   quadrature, transfer matrix). Never an estimate: leave it out where nothing is exact.
 - :meth:`best_elbo`: the largest ELBO a guide family can reach, where known exactly.
 - :meth:`closed_form_step`: one coordinate-ascent update in closed form (EM, CAVI).
+- :meth:`local_step`: the closed-form optimum of the local factors of a guide, applied around
+  every SVI step (for the guides in ``local_step_guides``).
 - :meth:`summary` and :meth:`plots`: fitted quantities and the model's own figures.
 """
 
@@ -148,10 +150,17 @@ class ZooModel:
     #: (particle, data point) pairs per chunk of the diagnostics; None for the default. Lower it
     #: where one pair costs a network pass (an amortized decoder) rather than a few numbers
     eval_chunk_budget: ClassVar[int | None] = None
+    #: data points per block when the runner and diagnostics pass over all the data (the
+    #: initial trace, history records, final diagnostics); None: all at once. Only for models
+    #: whose latents all live in the data plate (see :mod:`zoo.data_blocks`)
+    data_block_size: ClassVar[int | None] = None
     #: False where the per-particle log ratio log p(x, z) - log q(z) is an unbiased estimate of
     #: the ELBO but not an importance weight (a Rao-Blackwellised bound that scores one random
     #: term per particle): the diagnostics then report no IWAE and no k-hat
     importance_weights: ClassVar[bool] = True
+    #: guides whose local factors have a closed-form optimum given everything else: SVI runs
+    #: with them apply :meth:`local_step` around every gradient step unless told not to
+    local_step_guides: ClassVar[tuple[str, ...]] = ()
     #: what a closed-form coordinate-ascent step is called for this model ("EM", "CAVI")
     closed_form_name: ClassVar[str | None] = None
     #: runs shown on the leaderboard of ``python -m zoo.run all``: overrides of the defaults
@@ -229,6 +238,20 @@ class ZooModel:
         records it as ``train_elbo``, so monotone ascent can be checked exactly), else None.
         """
         raise ZooError(f"model {self.name!r} has no closed-form updates")
+
+    def local_step(self, guide: Callable[..., Any]) -> None:
+        """Set the guide's local factors to their optimum given the current parameters.
+
+        The local step of stochastic variational inference (Hoffman, Blei, Wang & Paisley,
+        JMLR 14 (2013) 1303-1347, §3 and Figure 4): in a conditionally conjugate model the
+        factor of each data point's latent has a closed-form optimum, so the gradient steps
+        only have to move what has none (here the model's parameters theta). At that optimum
+        the gradient of the ELBO in theta is the gradient of log p(x | theta) itself
+        (Neal & Hinton 1998), so theta no longer waits for the guide to follow it. The runner
+        calls it before the first SVI step and after every step, for the guides named in
+        :attr:`local_step_guides`.
+        """
+        raise ZooError(f"model {self.name!r} has no closed-form local step")
 
     # -- optional schedules -------------------------------------------------------------------
     def on_step(self, step: int, total: int) -> None:

@@ -42,6 +42,8 @@ class RunConfig:
     checkpoint_every: int
     quick: bool = False
     kl_warmup: int = 0
+    #: the model's closed-form local step ran around every SVI step
+    local_steps: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)
@@ -53,7 +55,9 @@ class RunConfig:
     @property
     def training_label(self) -> str:
         """How the run was trained, for tables: ``svi/trace`` or ``closed-form``."""
-        return self.method if self.method != "svi" else f"svi/{self.elbo}"
+        if self.method != "svi":
+            return self.method
+        return f"svi/{self.elbo}" + ("+local" if self.local_steps else "")
 
 
 @dataclass
@@ -79,7 +83,8 @@ class FitResult:
     def method_label(self) -> str:
         if self.config.method == "closed-form":
             return self.model.closed_form_name or "closed-form"
-        return f"SVI ({self.config.elbo})"
+        local = ", closed-form local steps" if self.config.local_steps else ""
+        return f"SVI ({self.config.elbo}{local})"
 
     def report(self) -> dict[str, Any]:
         """The run's report, as written to ``report.json``."""

@@ -125,6 +125,14 @@ def _add_training_options(parser: argparse.ArgumentParser, cls: type[ZooModel]) 
         metavar="STEPS",
         help="ramp the KL weight from 0 to 1 over STEPS (the reported ELBO is at weight 1)",
     )
+    if cls.local_step_guides:
+        train.add_argument(
+            "--local-steps",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="closed-form local step around every SVI step (default: on for the guides "
+            f"{', '.join(cls.local_step_guides)})",
+        )
     diag = parser.add_argument_group("diagnostics")
     diag.add_argument(
         "--eval-particles",
@@ -242,6 +250,7 @@ def _run_model(args: argparse.Namespace) -> None:
             progress=False if args.quiet else None,
             threads=args.threads,
             kl_warmup=args.kl_warmup,
+            local_steps=getattr(args, "local_steps", None),
             **options,
         )
         result.save(run_dir)

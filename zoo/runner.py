@@ -73,6 +73,7 @@ def fit(
     progress: bool | None = None,
     threads: int | None = None,
     kl_warmup: int = 0,
+    local_steps: bool | None = None,
     **options: Any,
 ) -> FitResult:
     """Train ``model`` (a registered name or a :class:`ZooModel`) and diagnose the result.
@@ -83,7 +84,9 @@ def fit(
     ``threads`` sets torch's (process-wide) intra-op thread count; small models run fastest
     on one thread, especially when other work shares the cores. ``kl_warmup`` ramps the
     weight of the latent sites linearly from 0 to 1 over that many steps (KL annealing); the
-    history and the diagnostics always report the ELBO at weight 1.
+    history and the diagnostics always report the ELBO at weight 1. ``local_steps`` applies
+    the model's closed-form local step around every SVI step (:meth:`ZooModel.local_step`);
+    None: wherever the model has one for the guide.
     """
     _check_device(device)
     if threads is not None:
@@ -113,6 +116,7 @@ def fit(
         record_every=record_every,
         checkpoint_every=checkpoint_every,
         kl_warmup=kl_warmup,
+        local_steps=local_steps,
     )
     if run_dir is not None:
         run_dir = Path(run_dir)
@@ -206,6 +210,12 @@ def _make_config(zoo_model: ZooModel, *, data: Any, **kw: Any) -> RunConfig:
         raise ZooError(f"kl_warmup must be a non-negative integer, got {kl_warmup!r}")
     if kl_warmup and method != "svi":
         raise ZooError("kl_warmup applies to SVI only")
+    local = kw["local_steps"]
+    has_local = method == "svi" and guide in m.local_step_guides
+    if local and not has_local:
+        where = f"guide {guide!r}" if method == "svi" else f"method {method!r}"
+        raise ZooError(f"model {m.name!r} has no closed-form local step for {where}")
+    local = has_local if local is None else bool(local)
     checkpoint = kw["checkpoint_every"]
     checkpoint = _positive_int(
         max(1, steps // 10) if checkpoint is None else checkpoint, "checkpoint_every"
@@ -232,6 +242,7 @@ def _make_config(zoo_model: ZooModel, *, data: Any, **kw: Any) -> RunConfig:
         checkpoint_every=checkpoint,
         quick=bool(kw["quick"]),
         kl_warmup=kl_warmup,
+        local_steps=local,
     )
 
 
@@ -370,6 +381,7 @@ class _Trainer:
         if progress is None:
             progress = sys.stderr.isatty()
         if start == 0:
+            self._local_step(guide)
             self._record(0, guide, math.nan)
         bar = tqdm(
             total=cfg.steps,
@@ -391,6 +403,7 @@ class _Trainer:
                 self.latent_scale.weight = warmup_weight(step, cfg.kl_warmup)
                 self.model.on_step(step, cfg.steps)
                 loss = float(self._guarded(step, lambda: svi.step(**train_kwargs)))
+                self._local_step(guide)
             if step % cfg.record_every == 0 or step == cfg.steps:
                 self.elapsed += time.perf_counter() - tic
                 tic = time.perf_counter()
@@ -427,6 +440,11 @@ class _Trainer:
             summary=self.model.summary(guide),
             posterior_draws=self._posterior_draws(guide),
         )
+
+    def _local_step(self, guide) -> None:
+        if self.config.local_steps:
+            with torch.no_grad():
+                self.model.local_step(guide)
 
     def _guarded(
         self, step: int, action: Callable[[], Any], value_of: Callable[[Any], float] = float
