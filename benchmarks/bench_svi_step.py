@@ -32,9 +32,7 @@ from zoo.models.gmm import GaussianMixture, component_log_joint
 
 
 def _time_runner(name: str, steps: int, **kw) -> float:
-    result = zoo.fit(
-        name, steps=steps, record_every=steps, eval_particles=30, progress=False, **kw
-    )
+    result = zoo.fit(name, steps=steps, record_every=steps, eval_particles=30, progress=False, **kw)
     return result.seconds / steps
 
 

@@ -154,3 +154,91 @@ def test_compare_puts_runs_side_by_side():
         assert row["ELBO"] == result.diagnostics.elbo
         assert row["gap (nats)"] == result.diagnostics.gap
         assert row["log p(x)"] == result.diagnostics.log_evidence
+
+
+class _LocalMeans(ZooModel):
+    """z_i ~ N(0, 1), x_i | z_i ~ N(z_i, 1): one latent per point, log p(x_i) = log N(x_i | 0, 2).
+
+    Evaluated in blocks of 64 of its 250 points."""
+
+    name = "local-means"
+    title = "test model"
+    application = "test"
+    reference = "none"
+    guides = ("mean-field",)
+    training = Training(steps=1000, lr=0.1, particles=8, lr_final_factor=0.01)
+    data_plate = "data"
+    data_block_size = 64
+
+    def setup(self, data, **options):
+        self.x = torch.as_tensor(np.random.default_rng(0).normal(0.0, 2.0**0.5, 250))
+        self.num_data = 250
+
+    def create_plates(self, subsample_size=None):
+        return pyro.plate("data", self.num_data, subsample_size=subsample_size)
+
+    def model(self, subsample_size=None):
+        with self.create_plates(subsample_size) as idx:
+            z = pyro.sample("z", dist.Normal(torch.zeros(len(idx), dtype=torch.float64), 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=self.x[idx])
+
+    def log_evidence(self):
+        return dist.Normal(0.0, 2.0**0.5).log_prob(self.x).sum().item()
+
+
+class _GlobalMean(_LocalMeans):
+    """The same with a global latent mu outside the data plate: it cannot be split in blocks."""
+
+    name = "global-mean"
+
+    def model(self, subsample_size=None):
+        mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
+        with self.create_plates(subsample_size) as idx:
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=self.x[idx])
+
+
+def test_on_block_gives_unscaled_terms_of_the_total():
+    from pyro import poutine
+
+    from zoo.data_blocks import data_blocks, on_block
+
+    model = _LocalMeans()
+    blocks = data_blocks(model)
+    assert [len(b) for b in blocks] == [64, 64, 64, 58]
+    assert torch.equal(torch.cat(blocks), torch.arange(250))
+
+    def log_joint(block, z):
+        fn = poutine.condition(on_block(model.model, model, block), data={"z": z})
+        trace = poutine.trace(fn).get_trace()
+        assert torch.equal(trace.nodes["x"]["value"], model.x if block is None else model.x[block])
+        return trace.log_prob_sum().item()
+
+    z = 0.5 * model.x
+    total = sum(log_joint(block, z[block]) for block in blocks)
+    assert total == pytest.approx(log_joint(None, z), rel=1e-12)
+
+
+def test_blocked_diagnostics_against_the_exact_evidence():
+    """Trained and evaluated in blocks: the ELBO is a bound on the exact log evidence and
+    reaches it (the Normal guide contains the posterior N(x_i / 2, 1 / 2)); evaluated whole at
+    the same parameters it agrees within Monte Carlo error."""
+    from zoo.diagnostics import evaluate
+
+    model = _LocalMeans()
+    result = zoo.fit(model, seed=0, progress=False, eval_particles=400)
+    d = result.diagnostics
+    assert d.iwae_scope == "per data point, K=400" and d.num_data == 250
+    assert d.elbo <= d.log_evidence + 3 * d.elbo_se
+    # the KL of 250 fitted Normals to their posteriors: measured 0.07-0.11 (SE 0.02) over
+    # seeds 0-2; the IWAE with K = 400 is within 0.035 of log p(x) (SE 0.02)
+    assert d.gap < 0.2
+    assert abs(d.log_evidence - d.iwae) < 4 * d.iwae_se
+    model.data_block_size = None
+    whole = evaluate(model, result.guide, num_particles=400)
+    assert abs(whole.elbo - d.elbo) < 4 * math.hypot(whole.elbo_se, d.elbo_se)
+    assert abs(whole.iwae - d.iwae) < 4 * math.hypot(whole.iwae_se, d.iwae_se)
+
+
+def test_blocks_need_ratios_that_factorise():
+    with pytest.raises(ZooError, match="do not factorise over the data plate"):
+        zoo.fit(_GlobalMean(), steps=2, progress=False, eval_particles=50)

@@ -28,6 +28,7 @@ from zoo.errors import DataError
 from zoo.models.scvi import (
     ScviCounts,
     SingleCellVI,
+    gene_statistics,
     grid_log_likelihood,
     simulate_scvi,
 )
@@ -586,11 +587,23 @@ def test_model_variants_train(options):
     assert math.isfinite(test["per_cell"]["marginal_log_likelihood"])
 
 
-def test_backed_training_reads_batches_from_disk(tmp_path):
+def test_backed_training_reads_batches_from_disk(tmp_path, monkeypatch):
+    """A backed file is never read whole: mini-batches read their rows, and every full pass
+    (initial trace, history records, diagnostics, held-out evaluation, report, tables and
+    figures) reads a block of cells at a time."""
     m = _counts(300, 20, density=0.5)
     path = write_h5ad(tmp_path / "b.h5ad", m, obs={"cell_type": ["a", "b", "c"] * 100})
     model = SingleCellVI(str(path), backed=True, latent_dim=2, hidden=8, test_particles=30)
+    model.data_block_size = 100  # 270 training cells: blocks of 100, 100, 70
     assert model.source.backed and model._dense is None
+
+    read_all = SingleCellVI._read_all
+
+    def at_most_a_block(self):
+        assert self.num_data <= 100, f"{self.num_data} cells read at once"
+        return read_all(self)
+
+    monkeypatch.setattr(SingleCellVI, "_read_all", at_most_a_block)
     calls = []
     rows = model.source.rows
 
@@ -599,13 +612,68 @@ def test_backed_training_reads_batches_from_disk(tmp_path):
         return rows(idx)
 
     model.source.rows = counting
-    zoo.fit(model, steps=5, batch_size=64, eval_particles=30, record_every=5, progress=False)
-    # one read per mini-batch, shared by the guide and the model; the full training matrix
-    # (270 cells) is read once, for the history records and the diagnostics
-    assert [c for c in calls if c != 270] == [64] * 5
-    assert calls.count(270) == 1
+    result = zoo.fit(
+        model, steps=5, batch_size=64, eval_particles=30, record_every=5, progress=False
+    )
+    assert max(calls) == 100
+    # one read per mini-batch, shared by the guide and the model
+    assert [c for c in calls if c == 64] == [64] * 5
+    # two records (steps 0 and 5) and the final diagnostics, each one pass of three blocks
+    assert calls.count(70) >= 3
+    result.save(tmp_path / "run")
+    assert (tmp_path / "run" / "latent_means.csv").exists()
+    assert max(calls) == 100
+    monkeypatch.undo()
     memory = SingleCellVI(str(path), latent_dim=2, hidden=8)
     np.testing.assert_array_equal(model.training_counts(), memory.training_counts())
+
+
+def test_gene_statistics_by_blocks():
+    counts = _counts(301, 12, density=0.4)
+    whole = gene_statistics(counts)
+    np.testing.assert_allclose(whole["variance"], counts.astype(np.float64).var(0), rtol=1e-13)
+    blocks = gene_statistics(counts[i : i + 37] for i in range(0, 301, 37))
+    for key in ("mean", "variance", "zero_fraction"):
+        np.testing.assert_allclose(blocks[key], whole[key], rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="no cells"):
+        gene_statistics(iter([]))
+
+
+def test_blocked_passes_equal_whole_ones(pbmc_fit):
+    """Block by block (200 of the 630 training cells at a time) the deterministic summaries
+    are the same numbers, and the Monte Carlo ones agree within their standard errors."""
+    model, result = pbmc_fit
+    guide = result.guide
+    result.activate()
+    whole = {
+        "genes": model.gene_statistics(),
+        "means": model.posterior_means(guide)["z"],
+        "collapse": model.collapse(guide).kl_per_dim,
+        "diagnostics": evaluate(model, guide, num_particles=500, with_khat=False),
+    }
+    model.data_block_size = 200
+    try:
+        blocked = {
+            "genes": model.gene_statistics(),
+            "means": model.posterior_means(guide)["z"],
+            "collapse": model.collapse(guide).kl_per_dim,
+            "diagnostics": evaluate(model, guide, num_particles=500, with_khat=False),
+        }
+    finally:
+        del model.data_block_size  # back to the class's value
+    # the real cells' statistics, accumulated block by block (the generated cells differ: each
+    # block draws its own)
+    for key in ("mean", "variance", "zero_fraction"):
+        np.testing.assert_allclose(blocked["genes"][0][key], whole["genes"][0][key], rtol=1e-12)
+    np.testing.assert_allclose(blocked["means"], whole["means"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(blocked["collapse"], whole["collapse"], rtol=1e-5, atol=1e-6)
+    dw, db = whole["diagnostics"], blocked["diagnostics"]
+    assert db.num_data == dw.num_data == 630 and db.iwae_scope == dw.iwae_scope
+    for value, se in (("elbo", "elbo_se"), ("iwae", "iwae_se")):
+        spread = 4 * math.hypot(getattr(dw, se), getattr(db, se))
+        assert abs(getattr(db, value) - getattr(dw, value)) < spread, value
+    # one draw of every cell per particle: the standard errors are the same size
+    assert db.elbo_se == pytest.approx(dw.elbo_se, rel=0.3)
 
 
 def test_cli_runs_scvi(tmp_path):

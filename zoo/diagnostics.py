@@ -32,6 +32,8 @@ import torch
 from pyro.infer.importance import vectorized_importance_weights
 from pyro.poutine.util import site_is_subsample
 
+from zoo.data_blocks import data_blocks, on_block
+from zoo.errors import ZooError
 from zoo.model import ZooModel
 from zoo.psis import MIN_DRAWS, pareto_khat
 
@@ -187,10 +189,15 @@ class _Chunk:
     point_log_w: torch.Tensor | None  # (n, N) when ratios factorise over the data plate
 
 
-def _evaluate_chunk(zoo_model: ZooModel, guide: Callable, num: int) -> _Chunk:
+def _evaluate_chunk(
+    zoo_model: ZooModel, guide: Callable, num: int, block: torch.Tensor | None = None
+) -> _Chunk:
     mpn = zoo_model.max_plate_nesting
     _, model_trace, guide_trace = vectorized_importance_weights(
-        zoo_model.model, guide, num_samples=num, max_plate_nesting=mpn
+        on_block(zoo_model.model, zoo_model, block),
+        on_block(guide, zoo_model, block),
+        num_samples=num,
+        max_plate_nesting=mpn,
     )
     # the particles sit at dim -(max_plate_nesting + 1) of every log-prob
     q_sites = _latent_sites(guide_trace)
@@ -221,7 +228,8 @@ def _evaluate_chunk(zoo_model: ZooModel, guide: Callable, num: int) -> _Chunk:
     point_log_w = None
     plate = zoo_model.data_plate
     if plate is not None:
-        point_log_w = _point_log_weights(zoo_model, model_trace, guide_trace, num, mpn)
+        size = zoo_model.num_data if block is None else len(block)
+        point_log_w = _point_log_weights(plate, size, model_trace, guide_trace, num, mpn)
     unpaired = q_sites.keys() ^ p_sites.keys()
     return _Chunk(
         log_w, ell, kl_total, kl_by_site, analytic, unpaired, _is_bound(q_sites), point_log_w
@@ -243,10 +251,9 @@ def _is_bound(q_sites: dict[str, dict]) -> bool:
     return True
 
 
-def _point_log_weights(zoo_model, model_trace, guide_trace, num, mpn):
+def _point_log_weights(plate, size, model_trace, guide_trace, num, mpn):
     """Per-point log ratios, or None if some site lies outside the data plate."""
-    plate, size = zoo_model.data_plate, zoo_model.num_data
-    total = torch.zeros(num, size, device=zoo_model.device)
+    total = None
     for sign, sites in (
         (1.0, {**_latent_sites(model_trace), **_observed_sites(model_trace)}),
         (-1.0, _latent_sites(guide_trace)),
@@ -257,7 +264,7 @@ def _point_log_weights(zoo_model, model_trace, guide_trace, num, mpn):
                 if torch.as_tensor(site["log_prob"]).abs().sum() == 0:
                     continue
                 return None
-            total = total + sign * lp
+            total = sign * lp if total is None else total + sign * lp
     return total
 
 
@@ -283,6 +290,76 @@ def mean_with_se(x: torch.Tensor) -> tuple[float, float]:
     return x.mean().item(), se
 
 
+@dataclass
+class _Block:
+    """One block of data points, every particle: per-particle totals and per-point summaries."""
+
+    log_w: torch.Tensor  # (num,), float64
+    ell: torch.Tensor
+    kl: torch.Tensor
+    kl_by_site: dict[str, torch.Tensor]
+    analytic_sites: set[str]
+    unpaired_sites: set[str]
+    is_bound: bool
+    factorises: bool  # the ratios factorise over the data plate (per-point summaries below)
+    iwae: float = math.nan  # sum over the block's points of log mean_s w_is
+    iwae_var: float = math.nan  # sum of their squared standard errors
+    khat: float = math.nan  # max over the block's points
+
+
+def _evaluate_block(
+    zoo_model: ZooModel, guide: Callable, num_particles: int, block: torch.Tensor | None, *, khat
+) -> _Block:
+    size = zoo_model.num_data if block is None else len(block)
+    budget = zoo_model.eval_chunk_budget or _CHUNK_BUDGET
+    per_chunk = max(2, min(num_particles, budget // max(size, 1)))
+    chunks: list[_Chunk] = []
+    remaining = num_particles
+    while remaining > 0:
+        n = min(per_chunk, remaining)
+        n = n if n > 1 or not chunks else 2  # a single particle would drop the particle dim
+        chunks.append(_evaluate_chunk(zoo_model, guide, n, block))
+        remaining -= n
+
+    def cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(tensors).double().cpu()
+
+    first = chunks[0]
+    out = _Block(
+        log_w=cat([c.log_w for c in chunks]),
+        ell=cat([c.ell for c in chunks]),
+        kl=cat([c.kl for c in chunks]),
+        kl_by_site={s: cat([c.kl_by_site[s] for c in chunks]) for s in first.kl_by_site},
+        analytic_sites=first.analytic_sites,
+        unpaired_sites=first.unpaired_sites,
+        is_bound=first.is_bound,
+        factorises=all(c.point_log_w is not None for c in chunks),
+    )
+    if out.factorises and zoo_model.importance_weights:
+        point_log_w = cat([c.point_log_w for c in chunks])  # (num, size)
+        iwae_i, se_i = iwae_with_se(point_log_w, 0)
+        out.iwae, out.iwae_var = iwae_i.sum().item(), se_i.pow(2).sum().item()
+        if khat and point_log_w.shape[0] >= MIN_DRAWS:
+            out.khat = float(np.max([pareto_khat(c) for c in point_log_w.numpy().T]))
+    return out
+
+
+def _blocks(
+    zoo_model: ZooModel, guide: Callable, num_particles: int, *, khat: bool = False
+) -> list[_Block]:
+    """Every data block of ``zoo_model`` evaluated with ``num_particles`` particles."""
+    blocks = [
+        _evaluate_block(zoo_model, guide, num_particles, block, khat=khat)
+        for block in data_blocks(zoo_model)
+    ]
+    if len(blocks) > 1 and not all(b.factorises for b in blocks):
+        raise ZooError(
+            f"model {zoo_model.name!r} sets data_block_size, but its log ratios do not factorise "
+            "over the data plate (a latent or an observation outside it): evaluate it whole"
+        )
+    return blocks
+
+
 @torch.no_grad()
 def evaluate(
     zoo_model: ZooModel,
@@ -292,56 +369,50 @@ def evaluate(
     guide_name: str | None = None,
     with_khat: bool = True,
 ) -> Diagnostics:
-    """Diagnose ``guide`` against ``zoo_model`` at the current parameters (full data)."""
+    """Diagnose ``guide`` against ``zoo_model`` at the current parameters (full data).
+
+    Models that set ``data_block_size`` are evaluated a block of points at a time; the ratios
+    then factorise over the points, so each particle's totals are sums over blocks, and the
+    per-point IWAE and k-hat are computed within each block.
+    """
     if num_particles < 2:
         raise ValueError("the diagnostics need at least 2 particles")
-    budget = zoo_model.eval_chunk_budget or _CHUNK_BUDGET
-    per_chunk = max(2, min(num_particles, budget // max(zoo_model.num_data, 1)))
-    chunks: list[_Chunk] = []
-    remaining = num_particles
-    while remaining > 0:
-        n = min(per_chunk, remaining)
-        n = n if n > 1 or not chunks else 2  # a single particle would drop the particle dim
-        chunks.append(_evaluate_chunk(zoo_model, guide, n))
-        remaining -= n
-    log_w = torch.cat([c.log_w for c in chunks]).double().cpu()
-    ell = torch.cat([c.ell for c in chunks]).double().cpu()
-    kl = torch.cat([c.kl for c in chunks]).double().cpu()
-    sites = chunks[0].kl_by_site.keys()
-    kl_by_site = {s: torch.cat([c.kl_by_site[s] for c in chunks]).mean().item() for s in sites}
-    analytic = chunks[0].analytic_sites
+    blocks = _blocks(zoo_model, guide, num_particles, khat=with_khat)
+    log_w = sum(b.log_w for b in blocks)
+    ell = sum(b.ell for b in blocks)
+    kl = sum(b.kl for b in blocks)
+    first = blocks[0]
+    sites = first.kl_by_site.keys()
+    kl_by_site = {s: sum(b.kl_by_site[s].mean().item() for b in blocks) for s in sites}
+    analytic = first.analytic_sites
     if not analytic:
         kl_method = "monte-carlo"
-    elif analytic == set(sites) and not chunks[0].unpaired_sites:
+    elif analytic == set(sites) and not first.unpaired_sites:
         kl_method = "analytic"
     else:
         kl_method = "mixed"
 
     elbo, elbo_se = mean_with_se(log_w)
     ell_mean, ell_se = mean_with_se(ell)
-    point_log_w = None
-    if all(c.point_log_w is not None for c in chunks):
-        point_log_w = torch.cat([c.point_log_w for c in chunks]).double().cpu()
+    num = int(log_w.shape[0])
 
     weights = zoo_model.importance_weights
     if not weights:
         iwae, iwae_se = math.nan, math.nan
         iwae_scope = "not computed: the log ratios are not importance weights"
-    elif point_log_w is not None:
-        iwae_i, se_i = iwae_with_se(point_log_w, 0)
-        iwae, iwae_se = iwae_i.sum().item(), se_i.pow(2).sum().sqrt().item()
-        iwae_scope = f"per data point, K={log_w.shape[0]}"
+    elif all(b.factorises for b in blocks):
+        iwae = sum(b.iwae for b in blocks)
+        iwae_se = math.sqrt(sum(b.iwae_var for b in blocks))
+        iwae_scope = f"per data point, K={num}"
     else:
         iwae_t, se_t = iwae_with_se(log_w, 0)
         iwae, iwae_se = iwae_t.item(), se_t.item()
-        iwae_scope = f"joint, K={log_w.shape[0]}"
+        iwae_scope = f"joint, K={num}"
 
     khat, khat_scope = math.nan, "not computed"
-    if with_khat and weights and log_w.shape[0] >= MIN_DRAWS:
-        if point_log_w is not None:
-            columns = point_log_w.numpy().T
-            ks = np.array([pareto_khat(column) for column in columns])
-            khat, khat_scope = float(ks.max()), "max over data points"
+    if with_khat and weights and num >= MIN_DRAWS:
+        if all(b.factorises for b in blocks):
+            khat, khat_scope = float(np.max([b.khat for b in blocks])), "max over data points"
         else:
             khat, khat_scope = pareto_khat(log_w.numpy()), "joint"
 
@@ -349,7 +420,7 @@ def evaluate(
     best = zoo_model.best_elbo(guide_name) if guide_name is not None else None
     return Diagnostics(
         num_data=zoo_model.num_data,
-        num_particles=int(log_w.shape[0]),
+        num_particles=num,
         elbo=elbo,
         elbo_se=elbo_se,
         expected_log_likelihood=ell_mean,
@@ -364,16 +435,16 @@ def evaluate(
         khat_scope=khat_scope,
         log_evidence=None if log_evidence is None else float(log_evidence),
         best_elbo=None if best is None else float(best),
-        elbo_is_bound=chunks[0].is_bound,
+        elbo_is_bound=first.is_bound,
     )
 
 
 @torch.no_grad()
 def quick_terms(zoo_model: ZooModel, guide: Callable, num_particles: int) -> dict[str, float]:
     """ELBO and its two halves from a few particles: cheap enough to log during training."""
-    chunk = _evaluate_chunk(zoo_model, guide, max(2, num_particles))
+    num = max(2, num_particles)
+    chunks = [_evaluate_chunk(zoo_model, guide, num, block) for block in data_blocks(zoo_model)]
     return {
-        "elbo": chunk.log_w.mean().item(),
-        "expected_log_likelihood": chunk.ell.mean().item(),
-        "kl": chunk.kl.mean().item(),
+        key: sum(getattr(c, attr).mean().item() for c in chunks)
+        for key, attr in (("elbo", "log_w"), ("expected_log_likelihood", "ell"), ("kl", "kl"))
     }

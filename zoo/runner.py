@@ -37,6 +37,7 @@ from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from zoo.annealing import LatentScale, warmup_weight
+from zoo.data_blocks import data_blocks, on_block
 from zoo.diagnostics import evaluate, quick_terms
 from zoo.errors import NonFiniteLossError, ZooError
 from zoo.estimators import ESTIMATORS, make_estimator, prepare_guide
@@ -315,10 +316,12 @@ class _Trainer:
                 train_model = self.latent_scale(train_model)
                 train_guide = self.latent_scale(train_guide)
             svi = SVI(train_model, train_guide, optim, estimator)
-        # create every parameter now, so a checkpoint can be loaded into them
+        # create every parameter now, so a checkpoint can be loaded into them (one block of
+        # the data is enough: parameters have the data plate's full size)
+        block = data_blocks(self.model)[0]
         with torch.no_grad():
-            guide_trace = poutine.trace(guide).get_trace(**self._kwargs(False))
-            poutine.replay(self.model.model, trace=guide_trace)(**self._kwargs(False))
+            guide_trace = poutine.trace(on_block(guide, self.model, block)).get_trace()
+            poutine.replay(on_block(self.model.model, self.model, block), trace=guide_trace)()
         return guide, svi, optim
 
     def _restore(self, checkpoint: dict[str, Any], optim) -> int:
@@ -451,17 +454,26 @@ class _Trainer:
     ) -> Any:
         """Run ``action``; turn a non-finite result or an invalid-distribution error into a
         one-line :class:`NonFiniteLossError` naming the step and the bad sites."""
-        kwargs = self._kwargs(False)
         try:
             value = action()
         except (ValueError, RuntimeError) as exc:
-            sites = non_finite_sites(self.model.model, self.guide, **kwargs)
+            sites = self._non_finite_sites()
             if sites:
                 raise NonFiniteLossError(step, sites) from None
             raise ZooError(f"step {step} failed: {str(exc).splitlines()[0]}") from exc
         if not math.isfinite(value_of(value)):
-            raise NonFiniteLossError(step, non_finite_sites(self.model.model, self.guide, **kwargs))
+            raise NonFiniteLossError(step, self._non_finite_sites())
         return value
+
+    def _non_finite_sites(self) -> list[str]:
+        """The bad sites over all the data, a block at a time (the first block that has any)."""
+        sites: list[str] = []
+        for block in data_blocks(self.model):
+            model = on_block(self.model.model, self.model, block)
+            sites = non_finite_sites(model, on_block(self.guide, self.model, block))
+            if sites:
+                break
+        return sites
 
     @torch.no_grad()
     def _posterior_draws(self, guide, num: int = 1000) -> dict[str, torch.Tensor] | None:

@@ -44,13 +44,17 @@ Pyro's distribution (tested).
 Data (:mod:`zoo.single_cell`): scanpy's bundled ``pbmc68k_reduced`` (700 PBMCs x 765 genes,
 10 cell types; no download), the user's ``.h5ad`` (a counts layer or X; ``backed`` reads
 mini-batches from the file), 10x ``.mtx`` directories or CSV; or a seeded simulation from this
-model's own generative process (:func:`simulate_scvi`).
+model's own generative process (:func:`simulate_scvi`). With ``backed`` the matrix is never held
+in memory whole: training reads each mini-batch's rows, and every pass over all the cells (the
+runner's history records and diagnostics, the held-out evaluation, the report's tables and
+figures) reads ``data_block_size`` cells at a time (:mod:`zoo.data_blocks`).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,7 +68,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from guides.amortized import AmortizedGuide, GaussianEncoder, MLPDecoder
-from zoo.collapse import collapse_report
+from zoo.collapse import CollapseReport, report_from_moments
 from zoo.diagnostics import evaluate
 from zoo.errors import DataError
 from zoo.model import Option, Training, ZooModel, boolean, positive_int
@@ -473,6 +477,10 @@ class SingleCellVI(ZooModel):
     #: a (particle, cell) pair costs a decoder pass and G genes (:class:`ScviCounts` chunks the
     #: genes itself): smaller chunks of the diagnostics allocate less at once
     eval_chunk_budget = 100_000
+    #: cells per block of every full pass over the data (the runner's initial trace, history
+    #: records and diagnostics, the report's tables and figures): memory is bounded by a block,
+    #: so a backed .h5ad is never read whole
+    data_block_size = 4096
     dtype = torch.float32
 
     # -- data -----------------------------------------------------------------------------------
@@ -567,7 +575,6 @@ class SingleCellVI(ZooModel):
 
     def _reset_cache(self) -> None:
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._full: torch.Tensor | None = None
         dense_ok = not self.source.backed and self.num_data * self.num_genes <= DENSE_LIMIT
         self._dense = self._read_all() if dense_ok else None
 
@@ -583,13 +590,15 @@ class SingleCellVI(ZooModel):
         return self.plate(subsample_size)
 
     def counts(self, idx: torch.Tensor | None) -> torch.Tensor:
-        """The count rows of the cells ``idx`` (all training cells for None), float32."""
+        """The count rows of the cells ``idx`` (all training cells for None), float32.
+
+        Rows of a backed file are read on demand and only the last mini-batch is kept; every
+        full pass of the zoo goes through :meth:`count_blocks` instead of ``idx=None``.
+        """
         if idx is None and self._dense is not None:
             return self._dense
         if idx is None:
-            if self._full is None:
-                self._full = self._read_all()
-            return self._full
+            return self._read_all()
         cached = self._batch
         if cached is not None and cached[0].shape == idx.shape and torch.equal(cached[0], idx):
             return cached[1]
@@ -600,6 +609,17 @@ class SingleCellVI(ZooModel):
             tensor = torch.as_tensor(rows, dtype=self.dtype, device=self.device)
         self._batch = (idx, tensor)
         return tensor
+
+    def index_blocks(self) -> Iterator[torch.Tensor]:
+        """Consecutive blocks of at most ``data_block_size`` cell indices, covering the cells."""
+        n, size = self.num_data, self.data_block_size
+        for start in range(0, n, size):
+            yield torch.arange(start, min(start + size, n), device=self.device)
+
+    def count_blocks(self) -> Iterator[torch.Tensor]:
+        """The count rows, a block of cells at a time (see :meth:`index_blocks`)."""
+        for idx in self.index_blocks():
+            yield self.counts(idx)
 
     def encoder_input(self, idx: torch.Tensor | None) -> torch.Tensor:
         return torch.log1p(self.counts(idx))
@@ -700,17 +720,14 @@ class SingleCellVI(ZooModel):
         return None if value is None else value.detach()
 
     @torch.no_grad()
-    def posterior_means(
-        self, guide: ScviGuide, held_out: bool = False, chunk: int = 4096
-    ) -> dict[str, np.ndarray]:
+    def posterior_means(self, guide: ScviGuide, held_out: bool = False) -> dict[str, np.ndarray]:
         """E_q[z | x] (and E_q[log l | x]) of every training (or held-out) cell."""
         owner = self.on_test_split() if held_out else self
         guide.sync()
         out: dict[str, list[np.ndarray]] = {"z": []}
         if guide.extra:
             out["library"] = []
-        for start in range(0, owner.num_data, chunk):
-            idx = torch.arange(start, min(start + chunk, owner.num_data), device=self.device)
+        for idx in owner.index_blocks():
             y = owner.encoder_input(idx)
             out["z"].append(guide.encoder.distribution(y).mean.cpu().numpy())
             for site, encoder in guide.extra.items():
@@ -718,6 +735,18 @@ class SingleCellVI(ZooModel):
         return {
             k: np.concatenate(v) if v else np.zeros((0, self.latent_dim)) for k, v in out.items()
         }
+
+    @torch.no_grad()
+    def collapse(self, guide: ScviGuide) -> CollapseReport:
+        """Posterior-collapse diagnostics of q(z | x) over the training cells, from the
+        encoder's means and variances (a block of cells at a time)."""
+        guide.sync()
+        loc, var = [], []
+        for idx in self.index_blocks():
+            q = guide.encoder.distribution(self.encoder_input(idx)).base_dist
+            loc.append(q.loc)
+            var.append(q.scale.pow(2))
+        return report_from_moments(torch.cat(loc), torch.cat(var), kl_method="analytic")
 
     def latent_means_table(self, guide: ScviGuide) -> pd.DataFrame:
         """Per-cell posterior means E_q[z | x] (``z1``...), train and held-out cells, with the
@@ -755,24 +784,34 @@ class SingleCellVI(ZooModel):
     def generate(self, num_cells: int, seed: int = 0) -> np.ndarray:
         """Synthetic cells from the fitted generative model: z ~ N(0, I); l resampled from the
         training cells' libraries (observed) or from the log-normal prior (latent)."""
+        return np.concatenate(list(self.generate_blocks(num_cells, seed)))
+
+    @torch.no_grad()
+    def generate_blocks(self, num_cells: int, seed: int = 0) -> Iterator[np.ndarray]:
+        """:meth:`generate`, ``data_block_size`` cells at a time (the same cells)."""
         self.ensure_networks()
         decoder = pyro.module("decoder", self.decoder, update_module_params=True)
         log_theta = self.fitted_log_theta()
         gen = torch.Generator().manual_seed(seed)
-        z = torch.randn(num_cells, self.latent_dim, generator=gen, dtype=self.dtype)
-        if self.library_mode == "latent":
-            noise = torch.randn(num_cells, 1, generator=gen, dtype=self.dtype)
-            log_library = self.library_log_mean + self.library_log_scale * noise
-        else:
-            pick = torch.randint(self.num_data, (num_cells,), generator=gen)
-            log_library = self.log_library.cpu()[pick].unsqueeze(-1)
-        z, log_library = z.to(self.device), log_library.to(self.device)
-        lik = ScviCounts(decoder, z, log_library, log_theta, self.likelihood_name, self.num_genes)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return lik.sample().cpu().numpy()
+            for start in range(0, num_cells, self.data_block_size):
+                n = min(self.data_block_size, num_cells - start)
+                z = torch.randn(n, self.latent_dim, generator=gen, dtype=self.dtype)
+                if self.library_mode == "latent":
+                    noise = torch.randn(n, 1, generator=gen, dtype=self.dtype)
+                    log_library = self.library_log_mean + self.library_log_scale * noise
+                else:
+                    pick = torch.randint(self.num_data, (n,), generator=gen)
+                    log_library = self.log_library.cpu()[pick].unsqueeze(-1)
+                z, log_library = z.to(self.device), log_library.to(self.device)
+                lik = ScviCounts(
+                    decoder, z, log_library, log_theta, self.likelihood_name, self.num_genes
+                )
+                yield lik.sample().cpu().numpy()
 
     def training_counts(self) -> np.ndarray:
+        """Every training cell's counts as one dense array (small data sets only)."""
         return self.counts(None).cpu().numpy()
 
     # -- reporting --------------------------------------------------------------------------------
@@ -812,13 +851,17 @@ class SingleCellVI(ZooModel):
         d = evaluate(self, guide, num_particles=num_particles, with_khat=False)
         return -d.expected_log_likelihood / d.num_data
 
+    def gene_statistics(self, seed: int = 0) -> tuple[dict[str, np.ndarray], ...]:
+        """Per-gene statistics of the training cells and of as many generated ones, each
+        accumulated a block of cells at a time."""
+        real = gene_statistics(c.cpu().numpy() for c in self.count_blocks())
+        fake = gene_statistics(self.generate_blocks(self.num_data, seed))
+        return real, fake
+
     def generated_vs_real(self, seed: int = 0) -> dict[str, float]:
         """How synthetic cells (as many as training cells) match the real ones gene by gene:
         correlations of log mean, log variance and zero fraction across genes."""
-        real, fake = (
-            gene_statistics(self.training_counts()),
-            gene_statistics(self.generate(self.num_data, seed)),
-        )
+        real, fake = self.gene_statistics(seed)
 
         def corr(a: np.ndarray, b: np.ndarray) -> float:
             return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else math.nan
@@ -858,8 +901,7 @@ class SingleCellVI(ZooModel):
             }
         if self.test_source is not None:
             out["test"] = self.held_out_diagnostics(guide, self.test_particles)
-        z = guide.posterior(self.encoder_input(None))
-        report = collapse_report(z)
+        report = self.collapse(guide)
         out["collapse"] = {
             "kl_per_dim": report.kl_per_dim,
             "activity": report.activity,
@@ -887,11 +929,9 @@ class SingleCellVI(ZooModel):
         figures = {
             "latent_embedding": plot_latent_embedding(means, self.labels, self.title),
             "generated_vs_real": plot_generated_vs_real(
-                self.training_counts(), self.generate(self.num_data), self.title
+                *self.gene_statistics(), self.title, self.num_data
             ),
-            "kl_per_dim": plot_kl_per_dim(
-                collapse_report(guide.posterior(self.encoder_input(None))), self.title
-            ),
+            "kl_per_dim": plot_kl_per_dim(self.collapse(guide), self.title),
         }
         history = result.history
         if "kl_weight" in history and (history["kl_weight"] < 1).any():
@@ -902,14 +942,34 @@ class SingleCellVI(ZooModel):
 # --------------------------------------------------------------------------------------------
 # Statistics and figures
 # --------------------------------------------------------------------------------------------
-def gene_statistics(counts: np.ndarray) -> dict[str, np.ndarray]:
-    """Per gene: mean, variance (divisor N) and fraction of zeros over cells."""
-    counts = np.asarray(counts, dtype=np.float64)
-    return {
-        "mean": counts.mean(0),
-        "variance": counts.var(0),
-        "zero_fraction": (counts == 0).mean(0),
-    }
+def gene_statistics(counts: np.ndarray | Iterable[np.ndarray]) -> dict[str, np.ndarray]:
+    """Per gene: mean, variance (divisor N) and fraction of zeros over cells.
+
+    ``counts`` is a cells x genes array, or an iterable of such blocks of cells (accumulated
+    block by block: Chan, Golub & LeVeque's pairwise update of the sum of squared deviations).
+    """
+    blocks = [counts] if isinstance(counts, np.ndarray) else counts
+    n, mean, m2, zeros = 0, None, None, None
+    for block in blocks:
+        block = np.asarray(block, dtype=np.float64)
+        k = block.shape[0]
+        if k == 0:
+            continue
+        b_mean = block.mean(0)
+        b_m2 = ((block - b_mean) ** 2).sum(0)
+        b_zeros = (block == 0).sum(0)
+        if mean is None:
+            n, mean, m2, zeros = k, b_mean, b_m2, b_zeros
+            continue
+        delta = b_mean - mean
+        total = n + k
+        mean = mean + delta * (k / total)
+        m2 = m2 + b_m2 + delta**2 * (n * k / total)
+        zeros = zeros + b_zeros
+        n = total
+    if mean is None:
+        raise ValueError("no cells")
+    return {"mean": mean, "variance": m2 / n, "zero_fraction": zeros / n}
 
 
 def embed_2d(means: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
@@ -959,12 +1019,15 @@ def plot_latent_embedding(
     return fig
 
 
-def plot_generated_vs_real(real: np.ndarray, generated: np.ndarray, title: str) -> Figure:
-    """Per gene, real against synthetic cells: the mean-variance relation, the zero fraction
-    against the mean, and the zero fraction of each gene, generated against real."""
+def plot_generated_vs_real(
+    real: dict[str, np.ndarray], generated: dict[str, np.ndarray], title: str, num_cells: int
+) -> Figure:
+    """Per gene, real against synthetic cells (:func:`gene_statistics` of each): the
+    mean-variance relation, the zero fraction against the mean, and the zero fraction of each
+    gene, generated against real."""
     import matplotlib.pyplot as plt
 
-    r, g = gene_statistics(real), gene_statistics(generated)
+    r, g = real, generated
     fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.2), constrained_layout=True)
     for stats, name, color in ((r, "real", "C0"), (g, "generated", "C3")):
         axes[0].scatter(stats["mean"], stats["variance"], s=5, alpha=0.6, color=color, label=name)
@@ -990,5 +1053,5 @@ def plot_generated_vs_real(real: np.ndarray, generated: np.ndarray, title: str) 
     axes[2].set_title("zero fraction per gene")
     for ax in axes[:2]:
         ax.legend(fontsize=8, markerscale=2)
-    fig.suptitle(f"{title}: {len(generated)} generated cells against {len(real)} real ones")
+    fig.suptitle(f"{title}: {num_cells} generated cells against as many real ones")
     return fig
