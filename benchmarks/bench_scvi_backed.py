@@ -5,7 +5,9 @@ counts, 80 MB as a dense float32 array) to a CSR ``.h5ad``, then runs ``zoo.fit`
 fresh subprocess per mode, end to end as a user does (training with mini-batches of 128 cells,
 the history records, the final diagnostics, the held-out evaluation, and ``save``: report,
 tables, figures), and reads the subprocess's peak resident memory (``ru_maxrss``). A third
-subprocess only imports the zoo and builds nothing: the baseline every mode pays.
+subprocess only imports the zoo and builds nothing: the baseline every mode pays. (Linux keeps
+a process's peak across fork and exec, so this parent imports nothing heavy: it writes the file
+in a subprocess too, and stays far below every worker.)
 
 With ``backed`` the training mini-batches read their rows from the file and every full pass
 reads ``data_block_size`` cells at a time, so the peak should not grow with the number of cells;
@@ -72,17 +74,21 @@ def write_counts(path: Path, cells: int, genes: int, density: float, seed: int) 
     return int(matrix.nnz)
 
 
-def run_worker(path: Path, mode: str, steps: int, out: Path) -> dict:
+def _subprocess(args: list[str], what: str) -> str:
     proc = subprocess.run(
-        [sys.executable, "-c", WORKER, str(path), mode, str(steps), str(out)],
+        [sys.executable, *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
         env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
     )
     if proc.returncode != 0:
-        raise SystemExit(f"{mode} run failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"{what} failed:\n{proc.stderr[-3000:]}")
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def run_worker(path: Path, mode: str, steps: int, out: Path) -> dict:
+    return json.loads(_subprocess(["-c", WORKER, str(path), mode, str(steps), str(out)], mode))
 
 
 def main() -> None:
@@ -92,12 +98,17 @@ def main() -> None:
     parser.add_argument("--density", type=float, default=0.05)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--write", type=Path, help=argparse.SUPPRESS)  # the writer subprocess
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
+    if args.write is not None:
+        print(write_counts(args.write, args.cells, args.genes, args.density, args.seed))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "counts.h5ad"
         tic = time.perf_counter()
-        nnz = write_counts(path, args.cells, args.genes, args.density, args.seed)
+        sizes = ["--cells", str(args.cells), "--genes", str(args.genes)]
+        sizes += ["--density", str(args.density), "--seed", str(args.seed)]
+        nnz = int(_subprocess([__file__, "--write", str(path), *sizes], "writing the counts"))
         dense_mib = args.cells * args.genes * 4 / 2**20
         print(
             f"{args.cells} cells x {args.genes} genes, {nnz} non-zeros "

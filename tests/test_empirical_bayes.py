@@ -342,12 +342,17 @@ def test_exact_guide_svi_on_eight_schools(schools_exact):
 
 
 def test_prior_family_svi_on_eight_schools(schools_prior_family):
+    """The defaults (local steps on): the exact gradient of log p(y | mu, tau), as with the
+    exact guide; measured tau = 0.126, 2.0e-4 nats below the boundary maximum, for seeds 0-2.
+    Without local steps tau stops at 0.41-0.44 (0.002 nats below)."""
     r = schools_prior_family
     s, d, top = r.summary, r.diagnostics, r.model.type2_max
-    assert 0.0 < s["tau"] < s["type2_max"]["tau_within_0.01_nats"]  # measured 0.41-0.44
+    assert r.config.local_steps
+    assert 0.0 < s["tau"] < s["type2_max"]["tau_within_0.01_nats"]
     assert 0.0 <= s["profile_below_max_at_tau"] < 0.01
+    assert 0.0 <= s["log_marginal_below_max"] < 1e-3
     assert s["mu"] == pytest.approx(top.mu, abs=0.02)
-    assert abs(d.gap) < 0.01 and d.elbo <= d.log_evidence + 3 * d.elbo_se
+    assert abs(d.gap) < 0.01 and d.elbo <= d.log_evidence + 3 * d.elbo_se + 1e-9
     # the guide's scales shrank with tau: q(theta_j) is about as wide as tau, not sigma_j
     assert max(s["eb_posterior_sd"]) < 1.2 * s["tau"]
 
