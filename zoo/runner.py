@@ -7,7 +7,11 @@ where it has one, then hands the result to the diagnostics. It knows nothing mod
 - a fresh param store per run, seeded with :func:`pyro.set_rng_seed` (same seed, same machine,
   same numbers);
 - ``Trace_ELBO`` with vectorized particles unless the model or the user names another estimator;
-- mini-batches through the model's subsampled data plate (``subsample_size``);
+- mini-batches through the model's subsampled data plate (``subsample_size``), and every pass
+  over all the data a block of points at a time where the model sets ``data_block_size``
+  (:mod:`zoo.data_blocks`);
+- the model's closed-form local step (CAVI for the factors of local latents) after every SVI
+  step, where it has one for the guide (:meth:`ZooModel.local_step`);
 - Adam with gradient clipping and an exponential learning-rate decay (``lr_final_factor``);
 - a history row every ``record_every`` steps: the ELBO and its two halves from a few particles,
   and the exact log evidence and gap where the model knows them;
