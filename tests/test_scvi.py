@@ -618,11 +618,12 @@ def test_backed_training_reads_batches_from_disk(tmp_path, monkeypatch):
     assert max(calls) == 100
     # one read per mini-batch, shared by the guide and the model
     assert [c for c in calls if c == 64] == [64] * 5
-    # two records (steps 0 and 5) and the final diagnostics, each one pass of three blocks
-    assert calls.count(70) >= 3
+    # two records (steps 0 and 5) and the final diagnostics at least, each a whole pass of
+    # three blocks (100, 100, 70): no pass reads a part of the cells
+    assert calls.count(70) >= 3 and calls.count(100) == 2 * calls.count(70)
     result.save(tmp_path / "run")
     assert (tmp_path / "run" / "latent_means.csv").exists()
-    assert max(calls) == 100
+    assert max(calls) == 100 and calls.count(100) == 2 * calls.count(70)
     monkeypatch.undo()
     memory = SingleCellVI(str(path), latent_dim=2, hidden=8)
     np.testing.assert_array_equal(model.training_counts(), memory.training_counts())

@@ -27,7 +27,7 @@ from pyro.poutine.util import site_is_subsample
 if TYPE_CHECKING:  # pragma: no cover
     from zoo.model import ZooModel
 
-__all__ = ["data_blocks", "on_block"]
+__all__ = ["data_blocks", "index_blocks", "on_block"]
 
 
 class _PlateIndices(Messenger):
@@ -43,6 +43,11 @@ class _PlateIndices(Messenger):
             msg["value"] = self.indices
 
 
+def index_blocks(n: int, size: int, device: torch.device | str = "cpu") -> list[torch.Tensor]:
+    """``0 .. n - 1`` as consecutive blocks of at most ``size`` indices."""
+    return [torch.arange(start, min(start + size, n), device=device) for start in range(0, n, size)]
+
+
 def data_blocks(zoo_model: ZooModel) -> list[torch.Tensor | None]:
     """Index blocks covering the data plate, in order; ``[None]`` (all the data at once) for a
     model that does not set ``data_block_size`` or whose data fit in one block."""
@@ -50,8 +55,7 @@ def data_blocks(zoo_model: ZooModel) -> list[torch.Tensor | None]:
     n = zoo_model.num_data
     if size is None or zoo_model.data_plate is None or n <= size:
         return [None]
-    device = zoo_model.device
-    return [torch.arange(start, min(start + size, n), device=device) for start in range(0, n, size)]
+    return index_blocks(n, size, zoo_model.device)
 
 
 def on_block(

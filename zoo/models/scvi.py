@@ -69,6 +69,7 @@ from torch.nn import functional as F
 
 from guides.amortized import AmortizedGuide, GaussianEncoder, MLPDecoder
 from zoo.collapse import CollapseReport, report_from_moments
+from zoo.data_blocks import index_blocks
 from zoo.diagnostics import evaluate
 from zoo.errors import DataError
 from zoo.model import Option, Training, ZooModel, boolean, positive_int
@@ -610,11 +611,9 @@ class SingleCellVI(ZooModel):
         self._batch = (idx, tensor)
         return tensor
 
-    def index_blocks(self) -> Iterator[torch.Tensor]:
+    def index_blocks(self) -> list[torch.Tensor]:
         """Consecutive blocks of at most ``data_block_size`` cell indices, covering the cells."""
-        n, size = self.num_data, self.data_block_size
-        for start in range(0, n, size):
-            yield torch.arange(start, min(start + size, n), device=self.device)
+        return index_blocks(self.num_data, self.data_block_size, self.device)
 
     def count_blocks(self) -> Iterator[torch.Tensor]:
         """The count rows, a block of cells at a time (see :meth:`index_blocks`)."""
@@ -795,8 +794,8 @@ class SingleCellVI(ZooModel):
         gen = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            for start in range(0, num_cells, self.data_block_size):
-                n = min(self.data_block_size, num_cells - start)
+            for block in index_blocks(num_cells, self.data_block_size):
+                n = len(block)
                 z = torch.randn(n, self.latent_dim, generator=gen, dtype=self.dtype)
                 if self.library_mode == "latent":
                     noise = torch.randn(n, 1, generator=gen, dtype=self.dtype)
