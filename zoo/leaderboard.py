@@ -7,12 +7,14 @@ one row per (model, guide, training), goes to ``runs/leaderboard.csv`` and to st
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+import shutil
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from zoo.errors import ZooError
 from zoo.outputs import default_run_dir
 from zoo.registry import get_model, model_names
 from zoo.runner import fit
@@ -26,6 +28,7 @@ COLUMNS = [
     "model",
     "guide",
     "training",
+    "status",
     "n",
     "elbo",
     "elbo_se",
@@ -36,6 +39,7 @@ COLUMNS = [
     "iwae",
     "khat",
     "seconds",
+    "error",
 ]
 
 
@@ -47,39 +51,82 @@ def run_all(
     device: str = "cpu",
     progress: bool | None = False,
     echo: bool = True,
+    models: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Run every registered model's leaderboard configurations; save and return the table.
 
-    ``progress=None`` shows progress bars only when stderr is a terminal.
+    One failing run never stops the others: it gets a row with ``status`` "failed" and the
+    one-line reason in ``error`` (its unfinished run directory is removed), and the rest go
+    on. ``progress=None`` shows progress bars only when stderr is a terminal. ``models``
+    restricts the runs to those names (all registered models by default).
     """
     rows = []
-    for name in model_names():
+    for name in model_names() if models is None else models:
         cls = get_model(name)
         for overrides in cls.leaderboard:
             overrides = dict(overrides)
             options = overrides.pop("options", {})
             run_dir = default_run_dir(name, seed, root)
-            result = fit(
-                name,
-                quick=quick,
-                seed=seed,
-                device=device,
-                run_dir=run_dir,
-                progress=progress,
-                **overrides,
-                **options,
-            )
-            result.save(run_dir)
-            rows.append(result.leaderboard_row())
+            try:
+                result = fit(
+                    name,
+                    quick=quick,
+                    seed=seed,
+                    device=device,
+                    run_dir=run_dir,
+                    progress=progress,
+                    **overrides,
+                    **options,
+                )
+                result.save(run_dir)
+            except Exception as exc:  # one model's failure is that model's row, not the job's
+                shutil.rmtree(run_dir, ignore_errors=True)
+                rows.append(_failed_row(name, overrides, exc))
+                if echo:
+                    print(
+                        f"FAILED {name} / {overrides.get('guide', cls.default_guide)}: "
+                        f"{rows[-1]['error']}"
+                    )
+                continue
+            rows.append({**result.leaderboard_row(), "status": "ok", "error": None})
             if echo:
                 print(f"done {name} / {result.config.guide} / {result.config.training_label}")
-    table = pd.DataFrame(rows)[COLUMNS]
+    table = pd.DataFrame(rows, columns=COLUMNS)
     Path(root).mkdir(parents=True, exist_ok=True)
     table.to_csv(Path(root) / "leaderboard.csv", index=False)
     if echo:
-        print(format_table(table))
+        print(format_table(table.drop(columns="error")))
+        for row in table[table["status"] != "ok"].itertuples():
+            print(f"failed: {row.model} / {row.guide}: {row.error}")
         print(f"leaderboard written to {Path(root) / 'leaderboard.csv'}")
     return table
+
+
+def _failed_row(name: str, overrides: Mapping[str, Any], exc: Exception) -> dict[str, Any]:
+    """The leaderboard row of a run that raised: its settings, status and the reason."""
+    cls = get_model(name)
+    guide = overrides.get("guide") or cls.default_guide
+    method = overrides.get("method", "svi")
+    training = (
+        method
+        if method != "svi"
+        else f"svi/{overrides.get('elbo') or cls.elbo_for_guide.get(guide, cls.default_elbo)}"
+    )
+    return {
+        "model": name,
+        "guide": guide,
+        "training": training,
+        "status": "failed",
+        "error": one_line(exc),
+    }
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: a ZooError's message, else its type and first line."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, ZooError):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def format_table(table: pd.DataFrame) -> str:

@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.threads is not None:
                 torch.set_num_threads(args.threads)
-            run_all(
+            table = run_all(
                 quick=args.quick,
                 seed=args.seed,
                 root=args.out,
@@ -297,6 +297,12 @@ def main(argv: list[str] | None = None) -> int:
                 progress=False if args.quiet else None,
                 echo=not args.quiet,
             )
+            failed = int((table["status"] != "ok").sum())
+            if failed:
+                sys.stderr.write(
+                    f"{PROG}: {failed} of {len(table)} runs failed (reasons in the leaderboard)\n"
+                )
+                return 1
         else:
             _run_model(args)
     except ZooError as exc:

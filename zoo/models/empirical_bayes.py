@@ -76,8 +76,9 @@ boundary maximum; gap 0 to 1e-12. Without the local step (``--no-local-steps``) 
 stop short along the ridges: a + b = 208-215, 0.079-0.086 nats below the maximum, and
 tau = 0.41-0.44, 0.002 nats below (within the 0.01 nats that resolve tau: any tau < 0.894); the
 mean-field fit of eight schools (AutoNormal, scales starting at 0.1) has tau = 1.69, 0.036 nats
-below. The exact type-II maxima are found by scipy's L-BFGS-B with analytic gradients on the
-exact log marginal likelihood.
+below. The exact type-II maxima are found by a grid over the profile in the concentration (tau),
+refined by Newton's method on the exact Hessian (Brent's method in tau) and verified by
+conditions scaled to the problem (:mod:`zoo.optimize`).
 """
 
 from __future__ import annotations
@@ -96,11 +97,12 @@ from pyro.distributions import constraints
 from pyro.infer.autoguide import AutoNormal
 from pyro.infer.autoguide.initialization import init_to_value
 from scipy.optimize import brentq, minimize, minimize_scalar
-from scipy.special import betaln, digamma, gammaln
+from scipy.special import betaln, gammaln
 
 from guides.prior_family import AutoPriorFamily
 from zoo.errors import DataError, ZooError
 from zoo.model import Option, Training, ZooModel, positive_float
+from zoo.optimize import maximize
 from zoo.registry import register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -164,14 +166,6 @@ def beta_binomial_log_marginal(y: Any, n: Any, a: float, b: float) -> float:
     return float(beta_binomial_log_pmf(y, n, a, b).sum())
 
 
-def _beta_binomial_grad(y: np.ndarray, n: np.ndarray, a: float, b: float) -> np.ndarray:
-    """d log p(y | a, b) / d(a, b)."""
-    common = digamma(a + b) - digamma(a + b + n)
-    da = digamma(a + y) - digamma(a) + common
-    db = digamma(b + n - y) - digamma(b) + common
-    return np.array([da.sum(), db.sum()])
-
-
 def _binomial_log_likelihood(y: np.ndarray, n: np.ndarray, p: float) -> float:
     """log prod_i Binomial(y_i | n, p): the beta-binomial's limit as a + b -> infinity."""
     log_choose = gammaln(n + 1) - gammaln(y + 1) - gammaln(n - y + 1)
@@ -202,34 +196,70 @@ def _as_counts(y: Any, n: Any) -> tuple[np.ndarray, np.ndarray]:
     return y, np.broadcast_to(np.asarray(n, dtype=float), y.shape)
 
 
-def beta_binomial_type2_max(y: Any, n: Any) -> BetaBinomialMax:
-    """argmax_{a, b} log p(y | a, b), by L-BFGS-B on (log a, log b) with analytic gradients.
+#: the largest prior concentration a + b searched for a type-II maximum
+KAPPA_MAX = 1e6
 
-    Starts from the method-of-moments estimate. Raises :class:`ZooError` when there is no
-    interior maximum (no over-dispersion: the concentration runs off to infinity).
+
+def _beta_binomial_torch(y: np.ndarray, n: np.ndarray) -> Callable[[torch.Tensor], torch.Tensor]:
+    """log p(y | a, b) as a torch function of t = (log a, log b), up to the binomial
+    coefficients (constant in a, b), for exact gradients and Hessians by autograd."""
+    yt = torch.tensor(np.array(y, dtype=float))
+    nt = torch.tensor(np.array(n, dtype=float))
+
+    def log_marginal(t: torch.Tensor) -> torch.Tensor:
+        a, b = t.exp().unbind(-1)
+        lbeta = torch.lgamma(a + yt) + torch.lgamma(b + nt - yt) - torch.lgamma(a + b + nt)
+        return (lbeta - torch.lgamma(a) - torch.lgamma(b) + torch.lgamma(a + b)).sum()
+
+    return log_marginal
+
+
+def beta_binomial_type2_max(y: Any, n: Any) -> BetaBinomialMax:
+    """argmax_{a, b} log p(y | a, b), found and verified the same way on every machine.
+
+    The profile over the prior mean, max_m log p(y | m kappa, (1 - m) kappa), is evaluated on
+    a grid of log kappa from 1e-2 to :data:`KAPPA_MAX`; its three best interior local maxima
+    are starts for Newton's method on the exact Hessian in (log a, log b)
+    (:func:`zoo.optimize.maximize`), which accepts a point only where the Hessian is negative
+    definite and the Newton decrement is below 1e-9 of the log marginal likelihood. The profile
+    must also fall on both sides of the maximum. Raises :class:`ZooError` when there is no
+    interior maximum: no over-dispersion (the likelihood rises towards a + b -> infinity, one
+    common rate) or counts all at 0 or n.
     """
     y, n = _as_counts(y, n)
-    m = float(y.sum() / n.sum())
-    between = (y / n).var(ddof=1) - float(np.mean(m * (1 - m) / n))
-    kappa0 = m * (1 - m) / between - 1 if between > 0 else 1e3
-    start = np.log([m * kappa0, (1 - m) * kappa0])
-
-    def objective(t: np.ndarray) -> tuple[float, np.ndarray]:
-        a, b = np.exp(t)
-        value = beta_binomial_log_marginal(y, n, a, b)
-        return -value, -_beta_binomial_grad(y, n, a, b) * np.array([a, b])
-
-    res = minimize(
-        objective, start, jac=True, method="L-BFGS-B", options={"gtol": 1e-11, "ftol": 1e-15}
-    )
-    a, b = (float(v) for v in np.exp(res.x))
-    if not np.all(np.abs(res.jac) < 1e-6) or a + b > 1e8:
+    total = float(y.sum())
+    if total == 0 or total == float(n.sum()):
         raise ZooError(
-            "the beta-binomial marginal likelihood has no interior maximum for these data "
-            f"(the optimiser stopped at a={a:.4g}, b={b:.4g}: {res.message})"
+            "the beta-binomial marginal likelihood has no interior maximum: every count is "
+            + ("0" if total == 0 else "at its maximum n")
         )
+    m = total / float(n.sum())
     pooled = _binomial_log_likelihood(y, n, m)  # the binomial MLE of p is the pooled rate
-    return BetaBinomialMax(a, b, -float(res.fun), pooled)
+    # beyond KAPPA_MAX the profile is within rounding of its limit (betaln of huge arguments)
+    kappas = np.geomspace(1e-2, KAPPA_MAX, 81)
+    profile, means = beta_binomial_profile(y, n, kappas)
+    peaks = [j for j in range(1, len(kappas) - 1) if profile[j] >= max(profile[j - 1 : j + 2])]
+    peaks = sorted(peaks, key=lambda j: -profile[j])[:3]
+    rising = profile.argmax() == len(kappas) - 1
+    if not peaks or rising or profile.max() <= pooled + 1e-9 * (1 + abs(pooled)):
+        raise ZooError(
+            "the beta-binomial marginal likelihood has no interior maximum for these data: it "
+            f"rises towards a + b -> infinity (up to a + b = {KAPPA_MAX:.0e}), one common rate "
+            f"{m:.4g} with log p = {pooled:.4f}: no over-dispersion these data can resolve"
+        )
+    starts = [np.log([means[j] * kappas[j], (1 - means[j]) * kappas[j]]) for j in peaks]
+    top = maximize(
+        _beta_binomial_torch(y, n), starts, what="beta-binomial type-II maximum", prefit=False
+    )
+    a, b = (float(v) for v in np.exp(top.x))
+    value = beta_binomial_log_marginal(y, n, a, b)
+    side, _ = beta_binomial_profile(y, n, [(a + b) * math.exp(-0.25), (a + b) * math.exp(0.25)])
+    if not (np.all(side < value) and value > pooled):
+        raise ZooError(
+            "the beta-binomial marginal likelihood has no verified interior maximum for these "
+            f"data (the profile does not fall on both sides of a + b = {a + b:.4g})"
+        )
+    return BetaBinomialMax(a, b, value, pooled)
 
 
 def beta_binomial_profile(y: Any, n: Any, concentration: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -352,31 +382,36 @@ class NormalMax:
 
 
 def normal_type2_max(y: Any, sigma: Any) -> NormalMax:
-    """argmax over (mu, tau >= 0) of log p(y | mu, tau), by L-BFGS-B with the bound tau >= 0.
+    """argmax over (mu, tau >= 0) of log p(y | mu, tau), found and verified the same way on
+    every machine.
 
-    Starts from the sample mean and standard deviation of the y_j, away from the boundary, so
-    that tau = 0 is the optimiser's finding and not its starting point.
+    mu has a closed-form maximiser at each tau (:func:`normal_mu_hat`), so the search is over
+    the 1-D profile in tau: a grid from 0 to far beyond the spread of the y_j finds the best
+    region, and Brent's bounded method refines it inside the bracket of its grid neighbours.
+    tau = 0 is the maximum exactly when it beats every other point and the profile's derivative
+    in tau^2 there is <= 0 (:func:`normal_dlogp_dtau2_at_zero`): a boundary maximum is decided
+    by that sign, never by where an optimiser happens to stop.
     """
     y, sigma = np.asarray(y, dtype=float), np.asarray(sigma, dtype=float)
-
-    def objective(t: np.ndarray) -> tuple[float, np.ndarray]:
-        mu, tau = t
-        var = sigma**2 + tau**2
-        r = y - mu
-        value = np.sum(-0.5 * np.log(2 * math.pi * var) - 0.5 * r**2 / var)
-        grad = [np.sum(r / var), np.sum(tau * (r**2 / var**2 - 1 / var))]
-        return -value, -np.array(grad)
-
-    res = minimize(
-        objective,
-        [float(y.mean()), float(y.std(ddof=1))],
-        jac=True,
-        method="L-BFGS-B",
-        bounds=[(None, None), (0.0, None)],
-        options={"gtol": 1e-11, "ftol": 1e-15},
+    slope0 = normal_dlogp_dtau2_at_zero(y, sigma)
+    spread = float(np.ptp(y)) + float(np.max(sigma))
+    taus = np.concatenate([[0.0], np.geomspace(1e-6 * spread, 1e3 * spread, 400)])
+    profile, _ = normal_profile(y, sigma, taus)
+    j = int(profile.argmax())
+    if j == 0 and slope0 <= 0:
+        return NormalMax(normal_mu_hat(y, sigma, 0.0), 0.0, float(profile[0]), slope0)
+    lo, hi = taus[max(j - 1, 0)], taus[min(j + 1, len(taus) - 1)]
+    res = minimize_scalar(
+        lambda t: -normal_profile(y, sigma, [t])[0][0],
+        bounds=(lo, hi),
+        method="bounded",
+        options={"xatol": 1e-12 * hi},
     )
-    mu, tau = (float(v) for v in res.x)
-    return NormalMax(mu, tau, -float(res.fun), normal_dlogp_dtau2_at_zero(y, sigma))
+    tau = float(res.x)
+    value = -float(res.fun)
+    if value < profile.max():  # the refinement must not fall below the grid point it refines
+        tau, value = float(taus[j]), float(profile[j])
+    return NormalMax(normal_mu_hat(y, sigma, tau), tau, value, slope0)
 
 
 def tau_within(y: Any, sigma: Any, nats: float = 0.01) -> float:

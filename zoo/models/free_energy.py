@@ -81,12 +81,12 @@ import torch.nn.functional as F
 from pyro.distributions import constraints
 from pyro.distributions.transforms.spline import _monotonic_rational_spline
 from pyro.infer.autoguide import AutoDelta, AutoNormal, init_to_value
-from scipy import optimize
 from torch.distributions import AffineTransform, Transform
 
 from zoo.data import read_numeric_table
 from zoo.errors import DataError, ZooError
 from zoo.model import Option, Training, ZooModel
+from zoo.optimize import maximize
 from zoo.quadrature import log_integral, log_trapezoid
 from zoo.registry import register
 
@@ -186,29 +186,19 @@ def best_gaussian(
 ) -> tuple[float, float, float]:
     """max over (m, s) of the closed-form Gaussian ELBO: (ELBO, m, s).
 
-    BFGS on (m, ln s) with exact gradients, started at every stationary point of the posterior
-    (with its Laplace sd where the curvature is positive) and at the prior; the best is kept."""
+    Verified Newton maxima on (m, ln s) (:func:`zoo.optimize.maximize`), started at every
+    stationary point of the posterior (with its Laplace sd where the curvature is positive) and
+    at the prior; the best is kept."""
 
-    def objective(p: np.ndarray) -> tuple[float, np.ndarray]:
-        with torch.enable_grad():  # the diagnostics call this under no_grad
-            t = torch.tensor(p, dtype=torch.float64, requires_grad=True)
-            val = -gaussian_elbo(t[0], t[1].exp(), u, v_p, sigma_p, sigma_u)
-            (grad,) = torch.autograd.grad(val, t)
-        return val.item(), grad.numpy()
+    def elbo(t: torch.Tensor) -> torch.Tensor:
+        return gaussian_elbo(t[0], t[1].exp(), u, v_p, sigma_p, sigma_u)
 
     starts = [(v_p, 0.5 * math.log(sigma_p))]
     for v in stationary_points(u, v_p, sigma_p, sigma_u):
         curv = posterior_curvature(v, u, sigma_p, sigma_u)
         starts.append((float(v), -0.5 * math.log(curv) if curv > 0 else 0.5 * math.log(sigma_p)))
-    best = None
-    for start in starts:
-        res = optimize.minimize(
-            objective, np.array(start), jac=True, method="BFGS", options={"gtol": 1e-11}
-        )
-        if best is None or res.fun < best.fun:
-            best = res
-    assert best is not None
-    return -float(best.fun), float(best.x[0]), float(math.exp(best.x[1]))
+    best = maximize(elbo, [np.array(s) for s in starts], what="the best Gaussian ELBO")
+    return best.value, float(best.x[0]), float(math.exp(best.x[1]))
 
 
 def bogacz_gradient_ascent(
@@ -712,25 +702,6 @@ def _theta_from_unconstrained(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return p[0], p[1].exp(), p[2].exp()
 
 
-def _minimize_torch(fun: Any, x0: np.ndarray, gtol: float = 1e-9) -> optimize.OptimizeResult:
-    """L-BFGS-B on a torch objective of one float64 vector, with exact gradients."""
-
-    def wrapped(x: np.ndarray) -> tuple[float, np.ndarray]:
-        with torch.enable_grad():
-            t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-            val = fun(t)
-            (grad,) = torch.autograd.grad(val, t)
-        return val.item(), grad.numpy()
-
-    return optimize.minimize(
-        wrapped,
-        x0,
-        jac=True,
-        method="L-BFGS-B",
-        options={"gtol": gtol, "ftol": 1e-15, "maxiter": 20_000, "maxcor": 30},
-    )
-
-
 def max_marginal_likelihood(u: torch.Tensor, start: tuple[float, float, float]) -> dict[str, Any]:
     """The theta = (v_p, Sigma_p, Sigma_u) maximising the exact ln p(u | theta) =
     sum_i ln ∫ p(v) p(u_i | v) dv, by L-BFGS on (v_p, ln Sigma_p, ln Sigma_u), with standard
@@ -740,8 +711,8 @@ def max_marginal_likelihood(u: torch.Tensor, start: tuple[float, float, float]) 
         return -grid_log_evidence(u, *_theta_from_unconstrained(t)).sum()
 
     x0 = np.array([start[0], math.log(start[1]), math.log(start[2])])
-    res = _minimize_torch(neg, x0)
-    t = torch.tensor(res.x, dtype=torch.float64)
+    top = maximize(lambda t: -neg(t), [x0], what="the maximum-likelihood theta")
+    t = torch.tensor(top.x, dtype=torch.float64)
     hess = torch.autograd.functional.hessian(neg, t).numpy()
     se = np.sqrt(np.diag(np.linalg.inv(hess)))
     v_p, sp, su = (float(x) for x in _theta_from_unconstrained(t))
@@ -749,7 +720,7 @@ def max_marginal_likelihood(u: torch.Tensor, start: tuple[float, float, float]) 
         "v_p": v_p,
         "Sigma_p": sp,
         "Sigma_u": su,
-        "log_evidence": -float(res.fun),
+        "log_evidence": top.value,
         "se_v_p": float(se[0]),
         "se_log_Sigma_p": float(se[1]),
         "se_log_Sigma_u": float(se[2]),
@@ -773,8 +744,8 @@ def best_gaussians(
         def neg(t: torch.Tensor) -> torch.Tensor:
             return -gaussian_elbo(t[:n], t[n:].exp(), u, vp, sp, su).sum()
 
-        res = _minimize_torch(neg, x0)
-        t = torch.tensor(res.x, dtype=torch.float64)
+        top = maximize(lambda t: -neg(t), [x0], what="the best Gaussian ELBO per item")
+        t = torch.tensor(top.x, dtype=torch.float64)
         values = gaussian_elbo(t[:n], t[n:].exp(), u, vp, sp, su)
         best = torch.maximum(best, values)
     return float(best.sum()), best
@@ -799,14 +770,14 @@ def variational_em(u: torch.Tensor, start: tuple[float, float, float]) -> dict[s
         vp, sp, su = _theta_from_unconstrained(t[:3])
         return -gaussian_elbo(t[3 : 3 + n], t[3 + n :].exp(), u, vp, sp, su).sum()
 
-    res = _minimize_torch(neg, x0)
-    v_p, sp, su = (float(x) for x in _theta_from_unconstrained(torch.tensor(res.x[:3])))
+    top = maximize(lambda t: -neg(t), [x0], what="the variational-EM optimum")
+    v_p, sp, su = (float(x) for x in _theta_from_unconstrained(torch.tensor(top.x[:3])))
     log_ev = float(grid_log_evidence(u, v_p, sp, su).sum())
     return {
         "v_p": v_p,
         "Sigma_p": sp,
         "Sigma_u": su,
-        "elbo": -float(res.fun),
+        "elbo": top.value,
         "log_evidence": log_ev,
     }
 
