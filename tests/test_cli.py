@@ -161,8 +161,8 @@ def _fails_cleanly(out, needle):
     ("args", "needle"),
     [
         (["nope"], "invalid choice: 'nope'"),
-        (["gmm", "--steps", "-3"], "must be a positive integer"),
-        (["gmm", "--steps", "ten"], "is not an integer"),
+        (["gmm", "--steps", "-3"], "is not an integer >= 1"),
+        (["gmm", "--steps", "ten"], "is not an integer >= 1"),
         (["gmm", "--components", "x"], "--components"),
         (["gmm", "--guide", "mean-field"], "invalid choice"),
         (["gmm", "--method", "magic"], "invalid choice"),

@@ -60,35 +60,77 @@ class Diagnostics:
     khat: float
     khat_scope: str
     log_evidence: float | None = None
+    #: the fitted guide's ELBO in closed form or by quadrature, where the model has it: the
+    #: headline figure and the one the gap is taken from (``elbo`` stays the Monte Carlo check)
+    exact_elbo: float | None = None
     best_elbo: float | None = None
+    #: max over the model's parameters theta of log p(x | theta), where the model knows it
+    #: (a closed-form or type-II maximum): the fit's shortfall is measured from it
+    max_log_evidence: float | None = None
     #: False for a point-mass guide: its objective log p(x, z*) drops the entropy of q
     #: (which is -inf for a point mass) and is not a lower bound on log p(x)
     elbo_is_bound: bool = True
+    #: k-hat above this makes the IWAE and its SE untrustworthy: min(1 - 1/log10 S, 0.7)
+    #: for S draws (Vehtari et al. 2024, §3.2.4)
+    khat_threshold: float = 0.7
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def headline_elbo(self) -> float:
+        """The ELBO a report leads with: the exact one where known, else the estimate."""
+        return self.elbo if self.exact_elbo is None else self.exact_elbo
+
+    @property
     def gap(self) -> float | None:
-        """log p(x) - ELBO, the KL from the guide to the exact posterior (None if no bound)."""
+        """log p(x) - ELBO, the KL from the guide to the exact posterior (None if no bound);
+        from the exact ELBO where the model has it, else from the Monte Carlo estimate."""
         if self.log_evidence is None or not self.elbo_is_bound:
             return None
-        return self.log_evidence - self.elbo
+        return self.log_evidence - self.headline_elbo
+
+    @property
+    def gap_se(self) -> float | None:
+        """Monte Carlo standard error of the gap (0 when both terms are exact)."""
+        if self.gap is None:
+            return None
+        return 0.0 if self.exact_elbo is not None else self.elbo_se
+
+    @property
+    def shortfall(self) -> float | None:
+        """max_theta log p(x | theta) - log p(x | theta_fit) >= 0: how far the fitted parameters
+        are from the maximum (the gap cannot show it: with the exact posterior as guide the gap
+        is zero at any theta). None where the model does not know its maximum."""
+        if self.max_log_evidence is None or self.log_evidence is None:
+            return None
+        return self.max_log_evidence - self.log_evidence
+
+    @property
+    def khat_unreliable(self) -> bool:
+        """k-hat above the sample-size-aware threshold: the IWAE and its SE are not to be
+        trusted (importance sampling with this guide is unreliable)."""
+        return math.isfinite(self.khat) and self.khat > self.khat_threshold
 
     @property
     def family_gap(self) -> float | None:
         """How far the ELBO is below the best the guide family can reach (>= 0)."""
-        return None if self.best_elbo is None else self.best_elbo - self.elbo
+        return None if self.best_elbo is None else self.best_elbo - self.headline_elbo
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["gap"] = self.gap
-        out["gap_se"] = self.elbo_se if self.log_evidence is not None else None
+        out["gap_se"] = self.gap_se
+        out["headline_elbo"] = self.headline_elbo
         out["family_gap"] = self.family_gap
+        out["shortfall"] = self.shortfall
+        out["khat_unreliable"] = self.khat_unreliable
         n = self.num_data
         per_point = {
             key: (out[key] / n if isinstance(out[key], float) else None)
             for key in (
                 "elbo",
                 "elbo_se",
+                "exact_elbo",
+                "headline_elbo",
                 "expected_log_likelihood",
                 "kl",
                 "iwae",
@@ -96,6 +138,8 @@ class Diagnostics:
                 "gap",
                 "best_elbo",
                 "family_gap",
+                "max_log_evidence",
+                "shortfall",
             )
         }
         out["per_point"] = per_point
@@ -166,6 +210,15 @@ def _per_point(site: dict, lp: torch.Tensor, num: int, plate: str, size: int, mp
 
 
 def _analytic_kl(q_site: dict, p_site: dict, num: int, mpn: int) -> torch.Tensor | None:
+    """KL(q || p) of one site in closed form, only where it is the KL of the actual q: not for
+    a Delta site, whose q lives in an auxiliary latent and whose log-density carries the
+    Jacobian of a transform (an autoguide's constrained latents); torch's KL(Delta, p) is
+    -log p(v) and drops that Jacobian."""
+    fn = q_site["fn"]
+    while isinstance(fn, dist.Independent | torch.distributions.Independent):
+        fn = fn.base_dist
+    if isinstance(fn, dist.Delta):
+        return None
     try:
         kl = torch.distributions.kl_divergence(q_site["fn"], p_site["fn"])
     except NotImplementedError:
@@ -396,8 +449,11 @@ def evaluate(
     ell_mean, ell_se = mean_with_se(ell)
     num = int(log_w.shape[0])
 
-    weights = zoo_model.importance_weights
-    if not weights:
+    weights = zoo_model.importance_weights and first.is_bound
+    if not first.is_bound:
+        iwae, iwae_se = math.nan, math.nan
+        iwae_scope = "not computed: a point-mass guide has no importance weights"
+    elif not weights:
         iwae, iwae_se = math.nan, math.nan
         iwae_scope = "not computed: the log ratios are not importance weights"
     elif all(b.factorises for b in blocks):
@@ -409,7 +465,7 @@ def evaluate(
         iwae, iwae_se = iwae_t.item(), se_t.item()
         iwae_scope = f"joint, K={num}"
 
-    khat, khat_scope = math.nan, "not computed"
+    khat, khat_scope = math.nan, "not computed" if first.is_bound else "not computed: no weights"
     if with_khat and weights and num >= MIN_DRAWS:
         if all(b.factorises for b in blocks):
             khat, khat_scope = float(np.max([b.khat for b in blocks])), "max over data points"
@@ -418,6 +474,10 @@ def evaluate(
 
     log_evidence = zoo_model.log_evidence()
     best = zoo_model.best_elbo(guide_name) if guide_name is not None else None
+    top = zoo_model.max_log_evidence()
+    exact = None
+    if guide_name is not None and first.is_bound:
+        exact = zoo_model.exact_elbo(guide, guide_name)
     return Diagnostics(
         num_data=zoo_model.num_data,
         num_particles=num,
@@ -435,8 +495,19 @@ def evaluate(
         khat_scope=khat_scope,
         log_evidence=None if log_evidence is None else float(log_evidence),
         best_elbo=None if best is None else float(best),
+        exact_elbo=None if exact is None else float(exact),
+        max_log_evidence=None if top is None else float(top),
         elbo_is_bound=first.is_bound,
+        khat_threshold=khat_threshold(num),
     )
+
+
+def khat_threshold(num_draws: int) -> float:
+    """The largest k-hat at which PSIS with ``num_draws`` draws is reliable:
+    min(1 - 1 / log10 S, 0.7) (Vehtari et al. 2024, §3.2.4)."""
+    if num_draws < 11:
+        return 0.0
+    return min(1.0 - 1.0 / math.log10(num_draws), 0.7)
 
 
 @torch.no_grad()

@@ -740,6 +740,22 @@ def eight_gaussians(
     )
 
 
+def expected_log_density(density: IsotropicMixture, nodes: int = 40) -> float:
+    """E_{x ~ p} log p(x) = -H[p] of an isotropic Gaussian mixture, by a product Gauss-Hermite
+    rule per component (``nodes`` per axis): E = sum_k w_k E_{N(mu_k, s^2 I)} log p(x), and
+    log p is smooth, so the rule converges fast (40 nodes: within 5e-10 of 80 on the 8
+    Gaussians)."""
+    x, w = np.polynomial.hermite_e.hermegauss(nodes)
+    w = w / w.sum()
+    grid = np.stack(np.meshgrid(x, x, indexing="ij"), -1).reshape(-1, 2)
+    weights = torch.tensor(np.outer(w, w).ravel())
+    total = 0.0
+    for log_wk, loc in zip(density.log_weights, density.locs, strict=True):
+        points = loc + density.scale * torch.tensor(grid)
+        total += float(log_wk.exp() * (weights * density.log_prob(points)).sum())
+    return total
+
+
 def moons_density(noise: float, panels: int = 16, order: int = 8) -> IsotropicMixture:
     """The density of scikit-learn's ``make_moons`` in the limit of many points: each half-moon
     is a uniform curve parameter u in [0, 1] (``make_moons`` spaces it evenly), the outer arc
@@ -784,14 +800,21 @@ DATASETS = ("8gaussians", "moons", "swissroll")
 DEFAULT_NOISE = {"8gaussians": 0.5 / math.sqrt(2), "moons": 0.1, "swissroll": 0.1}
 
 
+#: the circle of the 8 Gaussians unless told otherwise
+DEFAULT_RADIUS = 2 * math.sqrt(2)
+
+
 def make_dataset(
-    name: str, num_points: int, seed: int, noise: float | None = None
+    name: str, num_points: int, seed: int, noise: float | None = None, radius: float | None = None
 ) -> tuple[np.ndarray, IsotropicMixture]:
     """(points (num_points, 2), their density). Moons and the swiss roll come from
-    scikit-learn's generators (``random_state=seed``); the mixture from its own sampler."""
+    scikit-learn's generators (``random_state=seed``); the mixture from its own sampler, on a
+    circle of ``radius`` (8 Gaussians only)."""
     noise = DEFAULT_NOISE[name] if noise is None else float(noise)
+    if radius is not None and name != "8gaussians":
+        raise ValueError(f"--radius applies to 8gaussians, not to {name}")
     if name == "8gaussians":
-        density = eight_gaussians(std=noise)
+        density = eight_gaussians(DEFAULT_RADIUS if radius is None else float(radius), noise)
         return density.sample(num_points, np.random.default_rng(seed)), density
     if name == "moons":
         from sklearn.datasets import make_moons

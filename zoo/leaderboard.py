@@ -32,12 +32,15 @@ COLUMNS = [
     "n",
     "elbo",
     "elbo_se",
+    "elbo_exact",
     "bound",
     "log_evidence",
     "gap",
     "gap_per_point",
+    "shortfall",
     "iwae",
     "khat",
+    "khat_unreliable",
     "seconds",
     "error",
 ]
@@ -147,6 +150,7 @@ _COMPARE_COLUMNS = {
     "log p(x)": ("log_evidence", "{:.4f}"),
     "gap (nats)": ("gap", "{:.4f}"),
     "best ELBO of the family": ("best_elbo", "{:.4f}"),
+    "shortfall from the maximum": ("shortfall", "{:.4f}"),
     "k-hat": ("khat", "{:.2f}"),
 }
 

@@ -54,14 +54,58 @@ def positive_float(value: Any) -> float:
     return number
 
 
-def positive_int(value: Any) -> int:
-    """An option type: an integer >= 1 (``"3"`` and ``3.0`` pass, ``2.5`` and ``True`` do not)."""
+def finite_float(value: Any) -> float:
+    """An option type: a finite number (no NaN, no infinity)."""
     if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a positive integer")
-    number = int(float(value))
-    if number < 1 or number != float(value):
-        raise ValueError(f"{value!r} is not a positive integer")
+        raise ValueError(f"{value!r} is not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{value!r} is not a finite number")
     return number
+
+
+def at_least(low: int) -> Callable[[Any], int]:
+    """An option type: an integer >= ``low`` (``"3"`` and ``3.0`` pass, ``2.5`` does not)."""
+
+    def convert(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError(f"{value!r} is not an integer >= {low}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{value!r} is not an integer >= {low}") from None
+        if not (math.isfinite(number) and number == int(number) and int(number) >= low):
+            raise ValueError(f"{value!r} is not an integer >= {low}")
+        return int(number) if abs(number) < 2**53 else int(str(value))
+
+    convert.__name__ = "int"
+    return convert
+
+
+non_negative_int = at_least(0)
+#: an option type: an integer >= 1 (``"3"`` and ``3.0`` pass, ``2.5`` and ``True`` do not)
+positive_int = at_least(1)
+
+#: seeds are what numpy's and torch's generators accept: 0 <= seed < 2**32
+SEED_LIMIT = 2**32
+
+
+def seed_value(value: Any) -> int:
+    """An option type: a random seed, an integer in [0, 2**32)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a seed")
+    try:
+        number = int(value) if not isinstance(value, float) else int(float(value))
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not an integer seed") from None
+    if isinstance(value, float) and value != number:
+        raise ValueError(f"{value!r} is not an integer seed")
+    if not 0 <= number < SEED_LIMIT:
+        raise ValueError(f"seed {value!r} is outside [0, 2**32)")
+    return number
+
+
+seed_value.__name__ = "int"
 
 
 def boolean(value: Any) -> bool:
@@ -99,7 +143,7 @@ class Option:
             return None
         try:
             converted = self.type(value)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ZooError(f"option {self.flag}: {exc}") from None
         if self.choices is not None and converted not in self.choices:
             allowed = ", ".join(map(str, self.choices))
@@ -220,6 +264,18 @@ class ZooModel:
 
     def log_evidence(self) -> float | None:
         """Exact log p(x) at the current parameters, in nats (total over the data)."""
+        return None
+
+    def exact_elbo(self, guide: Callable[..., Any], guide_name: str) -> float | None:
+        """The fitted guide's ELBO in closed form or by quadrature (no Monte Carlo error),
+        where the model can compute it; the report leads with it and keeps the Monte Carlo
+        estimate beside it as a check. None elsewhere."""
+        return None
+
+    def max_log_evidence(self) -> float | None:
+        """max over the model's parameters theta of log p(x | theta), where known exactly (a
+        closed-form maximum likelihood, a type-II maximum): the report's shortfall is measured
+        from it. None where theta is fixed or its maximum unknown."""
         return None
 
     def best_elbo(self, guide: str) -> float | None:

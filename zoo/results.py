@@ -7,8 +7,10 @@ it and never re-run anything.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +19,24 @@ import pyro
 import torch
 
 from zoo.diagnostics import Diagnostics
+from zoo.errors import ZooError
+from zoo.estimators import ESTIMATORS
 from zoo.model import ZooModel
+from zoo.psis import MIN_DRAWS
 
 
 @dataclass
 class RunConfig:
-    """Everything needed to reproduce (or resume) a run. JSON-serialisable."""
+    """Everything needed to reproduce (or resume) a run. JSON-serialisable.
+
+    ``data`` records where the run's data came from, so a resume can refuse data that is not
+    the same: ``{"source": "default"}`` (the model's bundled or simulated data, set by its
+    options), ``{"source": "path", "path": ..., "sha256": ...}`` (a file or directory, by
+    absolute path and content hash), ``{"source": "array", "sha256": ..., "shape": [...],
+    "dtype": ...}`` (an in-memory array, by content hash) or ``{"source": "object", "type":
+    ...}`` (data whose content cannot be hashed: such a run cannot be resumed). None only
+    before :func:`zoo.fit` has filled it in.
+    """
 
     model: str
     options: dict[str, Any]
@@ -44,13 +58,41 @@ class RunConfig:
     kl_warmup: int = 0
     #: the model's closed-form local step ran around every SVI step
     local_steps: bool = False
+    #: the data's provenance (see the class docstring)
+    data: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)
 
     @classmethod
-    def from_json(cls, text: str) -> RunConfig:
-        return cls(**json.loads(text))
+    def from_json(cls, text: str | bytes, source: str = "config.json") -> RunConfig:
+        """Parse and validate a run's ``config.json``: every field present, of its type and in
+        its range, and no other. Anything else is a one-line :class:`ZooError` that names
+        ``source`` and the field."""
+        try:
+            values = json.loads(text)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, deep nesting
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ZooError(f"{source} is not valid JSON: {first}") from None
+        if not isinstance(values, dict):
+            raise ZooError(f"{source} must hold a JSON object, not {_json_kind(values)}")
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(names), key=str)
+        if unknown:
+            raise ZooError(f"{source}: unknown field {unknown[0]!r}")
+        for f in fields(cls):
+            if f.name not in values:
+                hint = " (its data provenance: a run written before it was recorded)"
+                raise ZooError(
+                    f"{source}: missing field {f.name!r}" + (hint if f.name == "data" else "")
+                )
+        checked = {}
+        for name in names:
+            try:
+                checked[name] = _FIELD_CHECKS[name](values[name])
+            except _Invalid as exc:
+                raise ZooError(f"{source}: field {name!r} {exc}") from None
+        return cls(**checked)
 
     @property
     def training_label(self) -> str:
@@ -58,6 +100,182 @@ class RunConfig:
         if self.method != "svi":
             return self.method
         return f"svi/{self.elbo}" + ("+local" if self.local_steps else "")
+
+
+# -- validation of config.json ------------------------------------------------------------------
+class _Invalid(Exception):
+    """A field's value is not of its type or not in its range (message: what it must be)."""
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"the number {value!r}"
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, float) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _integer(low: int | None = None, high: int | None = None) -> Callable[[Any], int]:
+    """An integer (not a boolean, not 5.0) in [low, high)."""
+
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(f"must be an integer, got {_short(value)}")
+        if low is not None and value < low:
+            raise _Invalid(f"must be at least {low}, got {value}")
+        if high is not None and value >= high:
+            raise _Invalid(f"must be below {high}, got {value}")
+        return value
+
+    return check
+
+
+def _number(low: float, high: float | None = None) -> Callable[[Any], float]:
+    """A finite number in (low, high]."""
+
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _Invalid(f"must be a number, got {_short(value)}")
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            number = math.inf
+        if not math.isfinite(number) or number <= low or (high is not None and number > high):
+            where = f"in ({low:g}, {high:g}]" if high is not None else f"above {low:g}"
+            raise _Invalid(f"must be a finite number {where}, got {_short(value)}")
+        return number
+
+    return check
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"must be true or false, got {_short(value)}")
+    return value
+
+
+def _name(choices: Callable[[], Any] | None = None) -> Callable[[Any], str]:
+    """A non-empty string, one of ``choices()`` where given."""
+
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or not value:
+            raise _Invalid(f"must be a non-empty string, got {_short(value)}")
+        allowed = None if choices is None else tuple(choices())
+        if allowed is not None and value not in allowed:
+            raise _Invalid(f"must be one of {', '.join(allowed)}, got {value!r}")
+        return value
+
+    return check
+
+
+def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else check(value)
+
+
+def _options(value: Any) -> dict[str, Any]:
+    """Model options: names to JSON scalars (each model converts and checks its own)."""
+    if not isinstance(value, dict):
+        raise _Invalid(f"must be an object, got {_json_kind(value)}")
+    for key, item in value.items():
+        if item is not None and not isinstance(item, str | int | float | bool):
+            raise _Invalid(f"must map option names to numbers, strings or null; {key!r} is not")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise _Invalid(f"must hold finite numbers; {key!r} is {item!r}")
+    return dict(value)
+
+
+def _device(value: Any) -> str:
+    if not isinstance(value, str) or not (value == "cpu" or re.fullmatch(r"cuda(:[0-9]+)?", value)):
+        raise _Invalid(f"must be cpu or cuda, got {_short(value)}")
+    return value
+
+
+def _methods() -> tuple[str, ...]:
+    from zoo.runner import METHODS  # the runner imports this module
+
+    return METHODS
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+#: the keys of each kind of data provenance, with their checks
+_PROVENANCE: dict[str, dict[str, Callable[[Any], Any]]] = {
+    "default": {},
+    "path": {
+        "path": _name(),
+        "sha256": lambda v: _hex_digest(v),
+    },
+    "array": {
+        "sha256": lambda v: _hex_digest(v),
+        "shape": lambda v: _shape(v),
+        "dtype": _name(),
+    },
+    "object": {"type": _name()},
+}
+
+
+def _hex_digest(value: Any) -> str:
+    if not isinstance(value, str) or not _SHA256.fullmatch(value):
+        raise _Invalid(f"needs a sha256 of 64 hex digits, got {_short(value)}")
+    return value
+
+
+def _shape(value: Any) -> list[int]:
+    if not isinstance(value, list) or len(value) > 64:
+        raise _Invalid(f"needs a shape (a list of sizes), got {_short(value)}")
+    return [_integer(0)(n) for n in value]
+
+
+def _provenance(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Invalid(f"must be an object with a 'source', got {_json_kind(value)}")
+    source = value.get("source")
+    if not isinstance(source, str) or source not in _PROVENANCE:
+        allowed = ", ".join(_PROVENANCE)
+        raise _Invalid(f"has source {_short(source)}; expected one of {allowed}")
+    keys = _PROVENANCE[source]
+    extra = sorted(set(value) - {"source", *keys}, key=str)
+    if extra:
+        raise _Invalid(f"has an unknown key {extra[0]!r} for source {source!r}")
+    checked: dict[str, Any] = {"source": source}
+    for key, check in keys.items():
+        if key not in value:
+            raise _Invalid(f"misses {key!r} for source {source!r}")
+        try:
+            checked[key] = check(value[key])
+        except _Invalid as exc:
+            raise _Invalid(f"{key!r} {exc}") from None
+    return checked
+
+
+_FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "model": _name(),
+    "options": _options,
+    "guide": _name(),
+    "elbo": _name(lambda: ESTIMATORS),
+    "method": _name(_methods),
+    "steps": _integer(1),
+    "lr": _number(0.0),
+    "lr_final_factor": _number(0.0, 1.0),
+    "particles": _integer(1),
+    "batch_size": _optional(_integer(1)),
+    "seed": _integer(0, 2**32),  # what pyro.set_rng_seed (numpy) accepts
+    "device": _device,
+    "eval_particles": _integer(MIN_DRAWS),
+    "trace_particles": _integer(1),
+    "record_every": _integer(1),
+    "checkpoint_every": _integer(1),
+    "quick": _boolean,
+    "kl_warmup": _integer(0),
+    "local_steps": _boolean,
+    "data": _provenance,
+}
 
 
 @dataclass
@@ -73,6 +291,8 @@ class FitResult:
     param_state: dict[str, Any]
     summary: dict[str, Any] = field(default_factory=dict)
     posterior_draws: dict[str, torch.Tensor] | None = None
+    #: where :func:`zoo.fit` or :func:`zoo.resume` wrote this run whole (None: nowhere)
+    run_dir: Path | None = None
 
     def activate(self) -> None:
         """Load this run's fitted parameters into Pyro's (global) param store."""
@@ -106,12 +326,15 @@ class FitResult:
             "n": d.num_data,
             "elbo": d.elbo,
             "elbo_se": d.elbo_se,
+            "elbo_exact": d.exact_elbo,
             "log_evidence": d.log_evidence,
             "bound": d.elbo_is_bound,
             "gap": d.gap,
             "gap_per_point": None if d.gap is None else d.gap / d.num_data,
+            "shortfall": d.shortfall,
             "iwae": d.iwae,
             "khat": d.khat,
+            "khat_unreliable": d.khat_unreliable,
             "seconds": self.seconds,
         }
 

@@ -17,13 +17,30 @@ from typing import Any, NoReturn
 
 import torch
 
-from zoo.errors import ZooError
+from zoo.errors import ZooError, out_of_memory
 from zoo.estimators import ESTIMATORS
-from zoo.model import ZooModel
-from zoo.outputs import REPORT, default_run_dir
+from zoo.model import (
+    ZooModel,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    seed_value,
+)
+from zoo.outputs import RunInterrupted, default_run_dir
+from zoo.psis import MIN_DRAWS
 from zoo.registry import get_model, model_names
 from zoo.results import FitResult
-from zoo.runner import METHODS, fit, resume
+from zoo.runner import (
+    MAX_EVAL_PARTICLES,
+    METHODS,
+    available_cpus,
+    eval_particle_count,
+    fit,
+    read_checkpoint,
+    read_config,
+    resume,
+    thread_count,
+)
 
 PROG = "python -m zoo.run"
 
@@ -36,38 +53,22 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
-    return value
+def _arg(convert: Any, name: str) -> Any:
+    """An argparse type from a zoo option type (``ValueError`` -> a one-line usage error)."""
+
+    def parse(text: str) -> Any:
+        try:
+            return convert(text)
+        except (ValueError, OverflowError, ZooError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a non-negative integer")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
-    return value
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+_positive_int = _arg(positive_int, "int")
+_non_negative_int = _arg(non_negative_int, "int")
+_positive_float = _arg(positive_float, "float")
 
 
 def _option_type(option) -> Any:
@@ -83,15 +84,25 @@ def _option_type(option) -> Any:
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("running")
-    run.add_argument("--seed", type=_int, default=0, help="random seed (default 0)")
+    run.add_argument(
+        "--seed",
+        type=_arg(seed_value, "int"),
+        default=0,
+        help="random seed in [0, 2**32) (default 0)",
+    )
     run.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     run.add_argument("--quick", action="store_true", help="a short run (smoke tests, CI)")
     run.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     run.add_argument(
-        "--threads", type=_positive_int, help="torch intra-op threads (default: torch's choice)"
+        "--threads",
+        type=_arg(thread_count, "int"),
+        help=f"torch intra-op threads, at most the {available_cpus()} CPUs here (default: torch's)",
     )
     run.add_argument("--out", type=Path, default=Path("runs"), help="root of run directories")
     run.add_argument("--run-dir", type=Path, help="exact directory for this run's outputs")
+    run.add_argument(
+        "--overwrite", action="store_true", help="replace a finished --run-dir, on success"
+    )
 
 
 def _add_training_options(parser: argparse.ArgumentParser, cls: type[ZooModel]) -> None:
@@ -136,9 +147,10 @@ def _add_training_options(parser: argparse.ArgumentParser, cls: type[ZooModel]) 
     diag = parser.add_argument_group("diagnostics")
     diag.add_argument(
         "--eval-particles",
-        type=_positive_int,
+        type=_arg(eval_particle_count, "int"),
         default=1000,
-        help="particles for the final ELBO, IWAE and k-hat (default 1000)",
+        help=f"particles for the final ELBO, IWAE and k-hat, {MIN_DRAWS} to "
+        f"{MAX_EVAL_PARTICLES:,} (default 1000)",
     )
     diag.add_argument("--record-every", type=_positive_int, help="steps between history rows")
     diag.add_argument("--checkpoint-every", type=_positive_int, help="steps between checkpoints")
@@ -165,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--list", action="store_true", help="list the models and exit")
     parser.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR")
+    parser.add_argument(
+        "--steps", dest="resume_steps", type=_positive_int, metavar="N", help=_STEPS_HELP
+    )
     parser.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="<model>|all", parser_class=_Parser)
     every = sub.add_parser("all", help="every model, then a leaderboard")
@@ -186,6 +201,35 @@ def _print_list() -> None:
         print(f"{name:<{width}}  {exact:<14}  {cls.title}")
 
 
+def _held_out_lines(result: FitResult) -> list[str]:
+    """The held-out figures first, where the model has a test split (its summary's "test":
+    ELBO and importance-weighted estimate per point), and a warning where the training ELBO
+    per point is far above the held-out one (by more than a nat and 5% of it: over-fitting)."""
+    test = result.summary.get("test") if isinstance(result.summary, dict) else None
+    if not isinstance(test, dict) or "elbo" not in test:
+        return []
+    m = test.get("num_data") or test.get("num_cells")
+    if not m:
+        return []
+    iwae = test.get("iwae", test.get("marginal_log_likelihood"))
+    iwae_se = test.get("iwae_se", test.get("marginal_log_likelihood_se"))
+    k = test.get("num_particles")
+    elbo = test["elbo"] / m
+    lines = [f"  held out ({m} points), per point:"]
+    lines.append(f"    {'ELBO':<26}{elbo:>14.4f} ± {test.get('elbo_se', math.nan) / m:.2g}")
+    if iwae is not None and math.isfinite(iwae):
+        label = f"IWAE (K={k})" if k else "IWAE"
+        lines.append(f"    {label:<26}{iwae / m:>14.4f} ± {(iwae_se or math.nan) / m:.2g}")
+    train = result.diagnostics.headline_elbo / result.diagnostics.num_data
+    if train - elbo > max(1.0, 0.05 * abs(elbo)):
+        lines.append(
+            f"  warning: over-fitting: the training ELBO is {train:.4f} per point, "
+            f"{train - elbo:.4g} above the held-out {elbo:.4f}"
+        )
+    lines.append("  training data:")
+    return lines
+
+
 def format_result(result: FitResult, run_dir: Path | None = None) -> str:
     """A few lines a person reads after a run."""
     d = result.diagnostics
@@ -198,36 +242,69 @@ def format_result(result: FitResult, run_dir: Path | None = None) -> str:
         err = f" ± {se:.2g}" if se is not None and math.isfinite(se) and se > 0 else ""
         lines.append(f"  {label:<28}{value:>14.4f}{err:<10}  ({value / n:.5f} per point)")
 
+    lines.extend(_held_out_lines(result))
     if not d.elbo_is_bound:
         lines.append(
             "  note: a point-mass guide; its objective log p(x, z*) drops the entropy of q and is"
             " not a lower bound on log p(x)"
         )
-    row("ELBO" if d.elbo_is_bound else "objective log p(x, z*)", d.elbo, d.elbo_se)
+    if d.exact_elbo is not None:
+        row("ELBO (closed form)", d.exact_elbo)
+        row(f"ELBO (Monte Carlo, S={d.num_particles})", d.elbo, d.elbo_se)
+    else:
+        row("ELBO" if d.elbo_is_bound else "objective log p(x, z*)", d.elbo, d.elbo_se)
     row("exact log evidence", d.log_evidence)
-    row("gap log p(x) - ELBO", d.gap, d.elbo_se if d.gap is not None else None)
+    row("gap log p(x) - ELBO", d.gap, d.gap_se)
     row("best ELBO of the family", d.best_elbo)
+    row("max over theta of log p(x)", d.max_log_evidence)
+    row("shortfall from the maximum", d.shortfall)
     if math.isfinite(d.iwae):
         row(f"IWAE ({d.iwae_scope})", d.iwae, d.iwae_se)
     row("expected log-likelihood", d.expected_log_likelihood, d.expected_log_likelihood_se)
-    row(f"KL(q || prior) [{d.kl_method}]", d.kl)
+    if d.elbo_is_bound:
+        row(f"KL(q || prior) [{d.kl_method}]", d.kl)
+    else:  # the KL of a point mass to a density is infinite: say what the number is
+        row("-log p(z*) (not a KL)", d.kl)
     if not math.isnan(d.khat):
         lines.append(f"  {'PSIS k-hat (' + d.khat_scope + ')':<28}{d.khat:>14.3f}")
+    if d.khat_unreliable:
+        lines.append(
+            f"  warning: k-hat {d.khat:.2f} > {d.khat_threshold:.2f}: importance sampling with "
+            "this guide is unreliable; do not trust the IWAE or its SE"
+        )
     lines.append(f"  {'seconds':<28}{result.seconds:>14.2f}")
     if run_dir is not None:
         lines.append(f"  outputs in {run_dir}")
     return "\n".join(lines)
 
 
+#: with --resume: what extending a run means (the help of --steps)
+_STEPS_HELP = (
+    "with --resume DIR: train the run on to step N (more than its checkpoint's step; fewer is "
+    "refused); the learning-rate decay goes on at the run's rate"
+)
+#: the options --resume takes; the run's config.json fixes every other
+_RESUME_OPTIONS = {"command", "list", "resume", "resume_steps", "steps", "data", "threads", "quiet"}
+
+
 def _run_model(args: argparse.Namespace) -> None:
+    """Train one model (or, with --resume, continue a run of it) and print its summary."""
     cls = get_model(args.command)
     if args.resume is not None:
-        _resume(args.resume, args.quiet)
+        _refuse_fixed_options(args)
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        data = getattr(args, "data", None)
+        _resume(args.resume, args.quiet, steps=args.steps, model=cls.name, data=data)
         return
     options = {opt.name: getattr(args, opt.name) for opt in cls.options}
     options = {k: v for k, v in options.items() if v is not None}
-    run_dir = args.run_dir or default_run_dir(cls.name, args.seed, args.out)
-    fresh = not run_dir.exists()
+    created: list[Path] = []  # what a failure removes: a default run directory and its parents
+    run_dir = args.run_dir
+    if run_dir is None:
+        created = [p for p in (args.out / cls.name, args.out) if not p.exists()]
+        run_dir = default_run_dir(cls.name, args.seed, args.out)
+        created.insert(0, run_dir)
     try:
         result = fit(
             cls.name,
@@ -247,28 +324,67 @@ def _run_model(args: argparse.Namespace) -> None:
             record_every=args.record_every,
             checkpoint_every=args.checkpoint_every,
             run_dir=run_dir,
+            overwrite=getattr(args, "overwrite", False),
             progress=False if args.quiet else None,
             threads=args.threads,
             kl_warmup=args.kl_warmup,
             local_steps=getattr(args, "local_steps", None),
             **options,
         )
-        result.save(run_dir)
-    except BaseException:
-        if fresh:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        else:
-            (run_dir / REPORT).unlink(missing_ok=True)
+    except BaseException as exc:
+        if not (isinstance(exc, RunInterrupted) and exc.run_dir is not None):
+            _remove_created(created)
         raise
     if not args.quiet:
         print(format_result(result, run_dir))
 
 
-def _resume(run_dir: Path, quiet: bool) -> None:
-    if not (run_dir / "config.json").exists():
-        raise ZooError(f"{run_dir} is not a run directory (no config.json)")
-    result = resume(run_dir, progress=False if quiet else None)
-    result.save(run_dir)
+def _remove_created(created: list[Path]) -> None:
+    """Remove a run directory this command created (and then its new, empty parents)."""
+    if not created:
+        return
+    shutil.rmtree(created[0], ignore_errors=True)
+    for parent in created[1:]:
+        try:
+            parent.rmdir()
+        except OSError:  # not empty: another run's
+            break
+
+
+def _refuse_fixed_options(args: argparse.Namespace) -> None:
+    """With --resume the run's config.json fixes the training: an option given is refused,
+    not silently ignored (--steps, --data, --threads and --quiet apply)."""
+    defaults = vars(build_parser().parse_args([args.command, "--resume", str(args.resume)]))
+    for name, value in vars(args).items():
+        if name not in _RESUME_OPTIONS and name in defaults and value != defaults[name]:
+            flag = "--" + name.replace("_", "-")
+            raise ZooError(
+                f"{flag} does not apply to --resume: the run's config.json fixes it "
+                "(--resume takes --steps, --data, --threads and --quiet)"
+            )
+
+
+def _resume(
+    run_dir: Path,
+    quiet: bool,
+    *,
+    steps: int | None = None,
+    model: str | None = None,
+    data: str | None = None,
+) -> None:
+    """Continue the run in ``run_dir`` (of ``model``, when the command named one)."""
+    config = read_config(run_dir)
+    if model is not None and config.model != model:
+        raise ZooError(
+            f"{run_dir} holds a {config.model!r} run, not a {model!r} one; resume it with "
+            f"{PROG} --resume {run_dir}"
+        )
+    if steps is not None and steps != config.steps and not quiet:
+        reached = read_checkpoint(run_dir)["step"]
+        if steps >= reached:
+            verb = "extending" if steps > config.steps else "ending"
+            print(f"{verb} the run in {run_dir} at step {steps} (it planned {config.steps})")
+    result = resume(run_dir, steps=steps, data=data, progress=False if quiet else None)
     if not quiet:
         print(format_result(result, run_dir))
 
@@ -280,8 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.list:
             _print_list()
+        elif args.resume_steps is not None and (args.command or args.resume is None):
+            parser.error("--steps before the model name goes with --resume DIR only")
         elif args.command is None and args.resume is not None:
-            _resume(args.resume, args.quiet)
+            _resume(args.resume, args.quiet, steps=args.resume_steps)
         elif args.command is None:
             parser.error("name a model, all, --list or --resume DIR")
         elif args.command == "all":
@@ -308,12 +426,19 @@ def main(argv: list[str] | None = None) -> int:
     except ZooError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return 2
+    except (MemoryError, RuntimeError) as exc:  # an allocation the machine cannot make
+        oom = out_of_memory(exc)
+        if oom is None:
+            raise
+        sys.stderr.write(f"{PROG}: error: {oom}\n")
+        return 2
     except OSError as exc:  # an output or data path the file system refuses
         where = f": {exc.filename}" if exc.filename else ""
         sys.stderr.write(f"{PROG}: error: {exc.strerror or exc}{where}\n")
         return 2
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted\n")
+    except KeyboardInterrupt as exc:  # a run says where its last checkpoint is
+        message = str(exc) if isinstance(exc, RunInterrupted) else "interrupted"
+        sys.stderr.write(f"{PROG}: {message}\n")
         return 130
     return 0
 

@@ -22,21 +22,29 @@ where it has one, then hands the result to the diagnostics. It knows nothing mod
 
 from __future__ import annotations
 
+import copy
 import functools
+import hashlib
 import math
 import os
+import pickle
+import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyro
 import torch
 from pyro import poutine
 from pyro.infer import SVI
 from pyro.optim import ClippedAdam
+from pyro.optim.clipped_adam import ClippedAdam as _TorchClippedAdam
 from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
@@ -45,13 +53,22 @@ from zoo.data_blocks import data_blocks, on_block
 from zoo.diagnostics import evaluate, quick_terms
 from zoo.errors import NonFiniteLossError, ZooError
 from zoo.estimators import ESTIMATORS, make_estimator, prepare_guide
-from zoo.model import ZooModel
+from zoo.model import ZooModel, positive_int, seed_value
+from zoo.outputs import (
+    CHECKPOINT,
+    CONFIG,
+    REPORT,
+    RESUME_COMMAND,
+    InterruptLatch,
+    RunDirectory,
+    RunInterrupted,
+    save_run,
+    write_atomic,
+)
 from zoo.psis import MIN_DRAWS
 from zoo.registry import get_model
 from zoo.results import FitResult, RunConfig
 
-CHECKPOINT = "checkpoint.pt"
-CONFIG = "config.json"
 METHODS = ("svi", "closed-form")
 
 
@@ -75,6 +92,7 @@ def fit(
     record_every: int | None = None,
     checkpoint_every: int | None = None,
     run_dir: str | Path | None = None,
+    overwrite: bool = False,
     progress: bool | None = None,
     threads: int | None = None,
     kl_warmup: int = 0,
@@ -85,7 +103,16 @@ def fit(
 
     Unset training settings come from the model's :class:`~zoo.model.Training` defaults;
     ``quick`` swaps in its short step count. Model-specific options (``components=3``...) go
-    in ``**options``. With ``run_dir`` the run checkpoints there and can be resumed.
+    in ``**options``.
+
+    With ``run_dir`` the run is written there whole: ``config.json`` (with the data's
+    provenance: its path and sha256, or the in-memory array's sha256), checkpoints that
+    :func:`resume` continues from, and on success every output with ``report.json`` last
+    (:func:`zoo.outputs.save_run`). The directory is locked for the run's lifetime. One that
+    holds a finished run is refused unless ``overwrite``; one that holds any run is replaced
+    only once the new run has succeeded (it is written beside it first), so a failure or a
+    kill leaves the old run intact. Ctrl-C stops at the end of a training step, keeps a
+    checkpoint of it and raises :class:`~zoo.outputs.RunInterrupted` (a KeyboardInterrupt).
     ``threads`` sets torch's (process-wide) intra-op thread count; small models run fastest
     on one thread, especially when other work shares the cores. ``kl_warmup`` ramps the
     weight of the latent sites linearly from 0 to 1 over that many steps (KL annealing); the
@@ -95,7 +122,7 @@ def fit(
     """
     _check_device(device)
     if threads is not None:
-        torch.set_num_threads(_positive_int(threads, "threads"))
+        torch.set_num_threads(_checked(thread_count, threads, "threads"))
     if isinstance(model, ZooModel):
         if data is not None or options:
             raise ZooError("pass data and options when building the model, not to fit()")
@@ -123,27 +150,384 @@ def fit(
         kl_warmup=kl_warmup,
         local_steps=local_steps,
     )
-    if run_dir is not None:
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(run_dir / CONFIG, config.to_json().encode())
-    return _Trainer(zoo_model, config, run_dir).run(progress)
+    config.data = data_provenance(data, model if isinstance(model, ZooModel) else None)
+    if run_dir is None:
+        return _Trainer(zoo_model, config, None).run(progress)
+    directory = RunDirectory(run_dir, overwrite=overwrite)
+    directory.lock()
+    return _run_in(directory, zoo_model, config, progress)
 
 
-def resume(run_dir: str | Path, *, steps: int | None = None, progress: bool | None = None):
-    """Continue the run checkpointed in ``run_dir`` up to its step count (or ``steps``)."""
-    run_dir = Path(run_dir)
+def resume(
+    run_dir: str | Path,
+    *,
+    steps: int | None = None,
+    progress: bool | None = None,
+    data: Any = None,
+) -> FitResult:
+    """Continue the run checkpointed in ``run_dir`` to its step count and write its outputs.
+
+    ``steps`` extends the run to ``steps`` where that is more than the checkpoint's step (the
+    learning-rate decay goes on at the run's rate: not the same as a fresh run of ``steps``);
+    fewer steps than the checkpoint has trained are refused. The run's data must be what it
+    was: a data file at its recorded path, or ``data`` (a path, or an array) where the run was
+    fitted on in-memory data or the file has moved; its sha256 must match. A finished run
+    (with ``report.json``) is continued beside itself and replaces itself only on success.
+    """
+    directory = RunDirectory(run_dir, resume=True)
+    directory.lock()
     try:
-        config = RunConfig.from_json((run_dir / CONFIG).read_text())
-        checkpoint = torch.load(run_dir / CHECKPOINT, weights_only=True)
-    except (OSError, ValueError, TypeError, RuntimeError) as exc:
-        raise ZooError(f"cannot resume from {run_dir}: {exc}") from None
+        loaded = load_run(directory.target, steps=steps, data=data)
+    except BaseException:
+        directory.release()
+        raise
+    return _run_in(directory, loaded.model, loaded.config, progress, loaded.checkpoint)
+
+
+# -- run directories ----------------------------------------------------------------------------
+@dataclass
+class LoadedRun:
+    """A checked run directory: its config, its checkpoint and its model, rebuilt."""
+
+    config: RunConfig
+    checkpoint: dict[str, Any]
+    model: ZooModel
+
+
+def read_config(run_dir: str | Path) -> RunConfig:
+    """The validated ``config.json`` of ``run_dir``; a one-line :class:`ZooError` if none."""
+    path = Path(run_dir) / CONFIG
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise ZooError(f"{run_dir} is not a run directory (no {CONFIG})") from None
+    except OSError as exc:
+        raise ZooError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return RunConfig.from_json(text, source=str(path))
+
+
+#: the entries of a checkpoint
+_CHECKPOINT_KEYS = ("step", "params", "optim", "rng", "history", "elapsed")
+
+
+def read_checkpoint(run_dir: str | Path) -> dict[str, Any]:
+    """The checked ``checkpoint.pt`` of ``run_dir``, loaded with ``weights_only=True``.
+
+    Anything but a checkpoint this runner wrote (an empty or truncated file, other bytes, a
+    pickle of other objects, missing or mistyped entries) is a one-line :class:`ZooError`.
+    """
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise ZooError(
+            f"{run_dir} has no {CHECKPOINT} (stopped before its first checkpoint); start a new run"
+        )
+    try:
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols: not ours
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # bad bytes raise anything from EOFError to UnpicklingError
+        if isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower():
+            reason = "it holds objects other than tensors and numbers (not loaded)"
+        else:
+            reason = _first_line(exc)
+        raise ZooError(f"{path} is not a readable checkpoint: {reason}") from None
+    return _check_checkpoint(checkpoint, path)
+
+
+def _first_line(exc: BaseException, limit: int = 120) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_checkpoint(checkpoint: Any, path: Path) -> dict[str, Any]:
+    """``checkpoint`` if it has every entry of its type; else a one-line :class:`ZooError`."""
+
+    def bad(what: str) -> ZooError:
+        return ZooError(f"{path} is not a checkpoint of this runner: {what}")
+
+    if not isinstance(checkpoint, dict):
+        raise bad(f"it holds a {type(checkpoint).__name__}, not a dict")
+    missing = [key for key in _CHECKPOINT_KEYS if key not in checkpoint]
+    if missing:
+        raise bad(f"no {missing[0]!r} entry")
+    step = checkpoint["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise bad(f"its step is {step!r}")
+    params = checkpoint["params"]
+    if not isinstance(params, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) and v.is_floating_point()
+        for k, v in params.items()
+    ):
+        raise bad("'params' is not a mapping of names to floating-point tensors")
+    optim = checkpoint["optim"]
+    if not isinstance(optim, dict) or not all(
+        isinstance(k, str) and isinstance(v, dict) for k, v in optim.items()
+    ):
+        raise bad("'optim' is not a mapping of parameter names to optimizer states")
+    rng = checkpoint["rng"]
+    if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.dim() != 1:
+        raise bad("'rng' is not a random-number-generator state (a byte tensor)")
+    history = checkpoint["history"]
+    if not isinstance(history, list) or not all(
+        isinstance(row, dict) and all(isinstance(k, str) and _is_number(v) for k, v in row.items())
+        for row in history
+    ):
+        raise bad("'history' is not a list of rows of numbers")
+    elapsed = checkpoint["elapsed"]
+    if not _is_number(elapsed) or not math.isfinite(elapsed) or elapsed < 0:
+        raise bad(f"its elapsed time is {elapsed!r}")
+    return checkpoint
+
+
+#: the settings of a run config that :func:`_make_config` checks together
+_SETTINGS = (
+    *("guide", "elbo", "method", "steps", "lr", "lr_final_factor", "particles", "batch_size"),
+    *("seed", "device", "quick", "eval_particles", "trace_particles", "record_every"),
+    *("checkpoint_every", "kl_warmup", "local_steps"),
+)
+
+
+def load_run(run_dir: str | Path, *, steps: int | None = None, data: Any = None) -> LoadedRun:
+    """Read and check everything a resume of ``run_dir`` needs, without training.
+
+    The config (every field), the checkpoint (every entry, and that it fits the model), the
+    data (re-obtained and its hash checked, see :func:`resume`) and ``steps``; the model is
+    rebuilt from the config. Every failure is a one-line :class:`ZooError`.
+    """
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    checkpoint = read_checkpoint(run_dir)
+    start = checkpoint["step"]
     if steps is not None:
-        config.steps = _positive_int(steps, "steps")
+        steps = _positive_int(steps, "steps")
+        if steps < start:
+            raise ZooError(
+                f"cannot shorten the run in {run_dir}: it has trained {start} steps; "
+                f"--steps must be at least {start}"
+            )
+        config.steps = steps
+    elif start > config.steps:
+        raise ZooError(
+            f"{run_dir / CHECKPOINT} is at step {start}, past the run's {config.steps} steps"
+        )
+    _check_device(config.device)
+    data_arg = _resume_data(run_dir, config, data)
     options = dict(config.options)
-    data = options.pop("data", None)
-    zoo_model = get_model(config.model)(data, device=config.device, **options)
-    return _Trainer(zoo_model, config, run_dir).run(progress, checkpoint=checkpoint)
+    options.pop("data", None)
+    cls = get_model(config.model)
+    try:
+        zoo_model = cls(data_arg, device=config.device, **options)
+    except ZooError:
+        raise
+    except (ValueError, TypeError, RuntimeError, OverflowError, IndexError, MemoryError) as exc:
+        raise ZooError(
+            f"{run_dir / CONFIG}: its options do not build a {config.model!r} model: "
+            f"{_first_line(exc)}"
+        ) from None
+    checked = _make_config(zoo_model, data=None, **{k: getattr(config, k) for k in _SETTINGS})
+    if checked.batch_size != config.batch_size:
+        raise ZooError(
+            f"{run_dir / CONFIG}: batch_size {config.batch_size} is not below the "
+            f"{zoo_model.num_data} data points"
+        )
+    trial = _Trainer(zoo_model, config, None)  # the checkpoint must fit the model
+    _, _, optim = trial._build()
+    trial._restore(checkpoint, optim)
+    return LoadedRun(config, checkpoint, zoo_model)
+
+
+def data_provenance(data: Any, zoo_model: ZooModel | None = None) -> dict[str, Any]:
+    """Where a run's data comes from, for :attr:`RunConfig.data`.
+
+    ``default`` (the model's bundled or simulated data), a ``path`` (absolute) with the
+    sha256 of the file (or of a directory's files), an in-memory ``array`` by the sha256 of
+    its dtype, shape and bytes, or an ``object`` that cannot be hashed (a model object built
+    in Python, say): such a run cannot be resumed.
+    """
+    if zoo_model is not None:
+        return {"source": "object", "type": f"{type(zoo_model).__name__} model object"}
+    if data is None:
+        return {"source": "default"}
+    if isinstance(data, str | os.PathLike):
+        path = Path(data).resolve()
+        return {"source": "path", "path": str(path), "sha256": _path_sha256(path)}
+    digest = _array_digest(data)
+    if digest is None:
+        return {"source": "object", "type": type(data).__name__}
+    return {"source": "array", **digest}
+
+
+def _path_sha256(path: Path) -> str:
+    """The sha256 of a file, or of a directory's files (relative names and contents)."""
+
+    def file_digest(file: Path) -> str:
+        digest = hashlib.sha256()
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    try:
+        if not path.is_dir():
+            return file_digest(path)
+        digest = hashlib.sha256()
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+            digest.update(file_digest(file).encode())
+        return digest.hexdigest()
+    except OSError as exc:
+        raise ZooError(f"cannot read the data at {path}: {exc.strerror or exc}") from None
+
+
+def _array_digest(data: Any) -> dict[str, Any] | None:
+    """sha256, shape and dtype of array-like data (numpy, torch, lists, data frames, scipy
+    sparse matrices); None for anything whose content is not plain numbers or strings."""
+    try:
+        if isinstance(data, torch.Tensor):
+            data = data.detach().cpu().numpy()
+        if hasattr(data, "tocsr") and hasattr(data, "nnz"):  # a scipy sparse matrix
+            csr = data.tocsr()
+            parts = [np.asarray(csr.data), np.asarray(csr.indices), np.asarray(csr.indptr)]
+            shape, dtype = list(csr.shape), f"{csr.dtype.str} sparse"
+        else:
+            array = np.asarray(data)
+            parts, shape, dtype = [array], list(array.shape), array.dtype.str
+    except Exception:  # not array-like at all
+        return None
+    if any(part.dtype.hasobject for part in parts):
+        return None
+    digest = hashlib.sha256(f"{dtype}|{tuple(shape)}|".encode())
+    for part in parts:  # the bytes as they are (a view, not a copy, where contiguous)
+        digest.update(np.ascontiguousarray(part).reshape(-1).view(np.uint8))
+    return {"sha256": digest.hexdigest(), "shape": [int(n) for n in shape], "dtype": dtype}
+
+
+def _resume_data(run_dir: Path, config: RunConfig, data: Any) -> Any:
+    """The data to rebuild the model with, checked against the run's provenance."""
+    recorded = config.data or {}
+    source = recorded.get("source")
+    cannot = f"cannot resume {run_dir}"
+    if source == "default":
+        if data is not None:
+            raise ZooError(f"{cannot}: it was fitted on the model's own data; give no data")
+        return None
+    if source == "object":
+        raise ZooError(
+            f"{cannot}: it was fitted on a {recorded['type']} whose data the run does not "
+            "record; start a new run"
+        )
+    if source == "path":
+        if data is None:
+            path = Path(recorded["path"])
+            if not path.exists():
+                raise ZooError(
+                    f"{cannot}: its data file {path} no longer exists (give the file's new "
+                    "location with --data)"
+                )
+        elif isinstance(data, str | os.PathLike):
+            path = Path(data).resolve()
+            if not path.exists():
+                raise ZooError(f"{cannot}: data file {path} does not exist")
+        else:
+            raise ZooError(f"{cannot}: it was fitted on the data file {recorded['path']}")
+        digest = _path_sha256(path)
+        if digest != recorded["sha256"]:
+            raise ZooError(
+                f"{cannot}: data file {path} is not the run's data (sha256 {digest[:12]}..., "
+                f"the run's {recorded['sha256'][:12]}...)"
+            )
+        config.data = {**recorded, "path": str(path)}
+        if "data" in config.options:
+            config.options = {**config.options, "data": str(path)}
+        return str(path)
+    # an in-memory array
+    shape = "x".join(map(str, recorded["shape"])) or "scalar"
+    if data is None:
+        raise ZooError(
+            f"{cannot}: it was fitted on in-memory data (a {shape} {recorded['dtype']} "
+            "array) that a run directory does not hold; pass the same data: "
+            "zoo.resume(DIR, data=...)"
+        )
+    given = None if isinstance(data, str | os.PathLike) else _array_digest(data)
+    if given is None or given["sha256"] != recorded["sha256"]:
+        what = "a path" if given is None else f"a {'x'.join(map(str, given['shape']))} array"
+        raise ZooError(
+            f"{cannot}: the data given ({what}) is not the run's data (a {shape} "
+            f"{recorded['dtype']} array, sha256 {recorded['sha256'][:12]}...)"
+        )
+    return data
+
+
+def _run_in(
+    directory: RunDirectory,
+    zoo_model: ZooModel,
+    config: RunConfig,
+    progress: bool | None,
+    checkpoint: dict[str, Any] | None = None,
+) -> FitResult:
+    """Train in a locked :class:`RunDirectory`, write the outputs and commit them; on Ctrl-C
+    keep the last checkpoint, on any other failure remove what this run wrote."""
+    trainer: _Trainer | None = None
+    try:
+        directory.prepare()
+        if checkpoint is not None and directory.staged:  # the copy resumes where the run is
+            try:
+                shutil.copyfile(directory.target / CHECKPOINT, directory.path / CHECKPOINT)
+            except OSError as exc:
+                raise ZooError(
+                    f"cannot write {directory.path / CHECKPOINT}: {exc.strerror or exc}"
+                ) from None
+        write_atomic(directory.path / CONFIG, config.to_json().encode())
+        trainer = _Trainer(zoo_model, config, directory.path)
+        result = trainer.run(progress, checkpoint=checkpoint)
+        save_run(result, directory.path)
+        directory.commit()
+    except KeyboardInterrupt:
+        raise _interrupted(directory, trainer, checkpoint) from None
+    except BaseException:
+        directory.discard()
+        raise
+    finally:
+        if trainer is not None:
+            trainer.interrupts.disarm()
+        directory.release()
+    result.run_dir = directory.target
+    return result
+
+
+def _interrupted(
+    directory: RunDirectory, trainer: _Trainer | None, checkpoint: dict[str, Any] | None
+) -> RunInterrupted:
+    """After Ctrl-C: keep what can be resumed, remove the rest, and say how to go on."""
+    if (directory.path / REPORT).is_file():  # written whole before the interrupt took effect
+        try:
+            directory.commit()
+        except (ZooError, KeyboardInterrupt):
+            directory.discard()
+            return RunInterrupted(f"interrupted; {directory.target} is unchanged")
+        return RunInterrupted(
+            f"interrupted after the run finished; see {directory.target}", directory.target
+        )
+    saved = trainer.saved_step if trainer is not None else None
+    step = saved if saved is not None else (None if checkpoint is None else checkpoint["step"])
+    kept = (directory.path / CHECKPOINT).is_file() and (saved is not None or not directory.staged)
+    if kept and step is not None:
+        unchanged = f" ({directory.target} is unchanged)" if directory.staged else ""
+        return RunInterrupted(
+            f"interrupted at step {step}{unchanged}; resume with: "
+            f"{RESUME_COMMAND} {directory.path}",
+            directory.path,
+            step,
+        )
+    directory.discard()
+    if directory.staged:
+        return RunInterrupted(f"interrupted before any progress; {directory.target} is unchanged")
+    return RunInterrupted("interrupted before the first checkpoint; nothing to resume")
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,6 +539,44 @@ def _check_device(device: str) -> None:
             raise ZooError(f"device {device!r} requested but CUDA is not available here")
         return
     raise ZooError(f"unknown device {device!r}; use cpu or cuda")
+
+
+#: the most particles the final diagnostics take (their cost grows linearly in them)
+MAX_EVAL_PARTICLES = 1_000_000
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def thread_count(value: Any) -> int:
+    """A torch thread count: 1 to the number of CPUs here (more only slows, and a huge count
+    exhausts the OpenMP runtime's memory)."""
+    number = positive_int(value)
+    if number > available_cpus():
+        raise ValueError(f"{value!r} threads: this machine has {available_cpus()} CPUs")
+    return number
+
+
+def eval_particle_count(value: Any) -> int:
+    """Particles for the final diagnostics: at least PSIS's minimum, at most MAX_EVAL_PARTICLES."""
+    number = positive_int(value)
+    if number < MIN_DRAWS:
+        raise ValueError(f"{value!r} particles: k-hat needs at least {MIN_DRAWS} for a tail")
+    if number > MAX_EVAL_PARTICLES:
+        raise ValueError(f"{value!r} particles: at most {MAX_EVAL_PARTICLES:,}")
+    return number
+
+
+def _checked(convert: Callable[[Any], Any], value: Any, what: str) -> Any:
+    try:
+        return convert(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ZooError(f"{what}: {exc}") from None
 
 
 def _positive_int(value: Any, what: str) -> int:
@@ -202,9 +624,7 @@ def _make_config(zoo_model: ZooModel, *, data: Any, **kw: Any) -> RunConfig:
             batch = None
     if m.data_plate is not None and m.num_data is None:
         raise ZooError("model did not set num_data")
-    eval_particles = _positive_int(kw["eval_particles"], "eval_particles")
-    if eval_particles < MIN_DRAWS:
-        raise ZooError(f"eval_particles must be at least {MIN_DRAWS} (k-hat needs a tail)")
+    eval_particles = _checked(eval_particle_count, kw["eval_particles"], "eval_particles")
     trace_particles = _positive_int(kw["trace_particles"], "trace_particles")
     record = kw["record_every"]
     if record is None:
@@ -239,7 +659,7 @@ def _make_config(zoo_model: ZooModel, *, data: Any, **kw: Any) -> RunConfig:
         lr_final_factor=factor,
         particles=particles,
         batch_size=batch,
-        seed=int(kw["seed"]),
+        seed=_checked(seed_value, kw["seed"], "seed"),
         device=kw["device"],
         eval_particles=eval_particles,
         trace_particles=trace_particles,
@@ -249,12 +669,6 @@ def _make_config(zoo_model: ZooModel, *, data: Any, **kw: Any) -> RunConfig:
         kl_warmup=kl_warmup,
         local_steps=local,
     )
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
 
 
 def non_finite_sites(model: Callable, guide: Callable, **kwargs: Any) -> list[str]:
@@ -286,6 +700,29 @@ def non_finite_sites(model: Callable, guide: Callable, **kwargs: Any) -> list[st
     return bad
 
 
+def _check_optimizer_state(optim_state: dict[str, Any], params: dict[str, torch.Tensor]) -> None:
+    """Each parameter's saved Adam state must load into an optimizer of that parameter (what
+    Pyro does lazily at the first step); a one-line :class:`ZooError` where it does not."""
+    for name, entry in optim_state.items():
+        if name not in params:
+            raise ZooError(f"checkpoint's optimizer state names no parameter of the model: {name}")
+        param = params[name].detach().clone().requires_grad_(True)
+        try:
+            trial = _TorchClippedAdam([param], lr=1.0)
+            trial.load_state_dict(copy.deepcopy(entry))
+            tensors = [t for state in trial.state.values() for t in state.values()]
+        except Exception as exc:  # torch raises KeyError, ValueError, TypeError... on bad state
+            raise ZooError(
+                f"checkpoint's optimizer state for {name!r} is unusable: {_first_line(exc)}"
+            ) from None
+        for tensor in tensors:
+            if isinstance(tensor, torch.Tensor) and tensor.dim() and tensor.shape != param.shape:
+                raise ZooError(
+                    f"checkpoint's optimizer state for {name!r} has shape {tuple(tensor.shape)}, "
+                    f"the parameter {tuple(param.shape)}"
+                )
+
+
 class _Trainer:
     """One run: builds the guide and optimizer, loops, records, checkpoints, diagnoses."""
 
@@ -295,6 +732,10 @@ class _Trainer:
         self.run_dir = run_dir
         self.history: list[dict[str, float]] = []
         self.elapsed = 0.0
+        #: the step of the last checkpoint this trainer wrote (None: none yet)
+        self.saved_step: int | None = None
+        #: Ctrl-C during training is deferred to the end of the step (which is checkpointed)
+        self.interrupts = InterruptLatch()
 
     # -- set-up ---------------------------------------------------------------------------------
     def _kwargs(self, training: bool) -> dict[str, Any]:
@@ -329,19 +770,33 @@ class _Trainer:
         return guide, svi, optim
 
     def _restore(self, checkpoint: dict[str, Any], optim) -> int:
+        """Load a checkpoint (checked by :func:`read_checkpoint`) into the fresh param store
+        and optimizer; a one-line :class:`ZooError` where it does not fit the model."""
         store = pyro.get_param_store()
         state = store.get_state()
         missing = set(state["params"]) ^ set(checkpoint["params"])
         if missing:
             raise ZooError(f"checkpoint does not match the model: parameters {sorted(missing)}")
+        for name, value in checkpoint["params"].items():
+            own = state["params"][name]
+            if value.shape != own.shape or value.dtype != own.dtype:
+                raise ZooError(
+                    f"checkpoint does not match the model: parameter {name!r} is "
+                    f"{value.dtype} {tuple(value.shape)}, the model's {own.dtype} "
+                    f"{tuple(own.shape)}"
+                )
         # the store adopts these tensors as they are: they must be leaves that require grad
         state["params"] = {
             k: v.to(self.model.device).requires_grad_(True) for k, v in checkpoint["params"].items()
         }
         store.set_state(state)
         if optim is not None:
+            _check_optimizer_state(checkpoint["optim"], state["params"])
             optim.set_state(checkpoint["optim"])
-        torch.set_rng_state(checkpoint["rng"])
+        try:
+            torch.set_rng_state(checkpoint["rng"])
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise ZooError(f"checkpoint's random-number state is unusable: {exc}") from None
         self.history = list(checkpoint["history"])
         self.elapsed = float(checkpoint["elapsed"])
         return int(checkpoint["step"])
@@ -362,7 +817,17 @@ class _Trainer:
         }
         buffer = io.BytesIO()
         torch.save(payload, buffer)
-        _atomic_write(self.run_dir / CHECKPOINT, buffer.getvalue())
+        write_atomic(self.run_dir / CHECKPOINT, buffer.getvalue())
+        self.saved_step = step
+
+    def _stop_if_interrupted(self, step: int, optim, bar: Any) -> None:
+        """After a whole step: on a deferred Ctrl-C, checkpoint this step and stop."""
+        if not self.interrupts.pending:
+            return
+        if self.saved_step != step:
+            self._save_checkpoint(step, optim)
+        bar.close()
+        raise KeyboardInterrupt
 
     # -- the loop -------------------------------------------------------------------------------
     def _record(self, step: int, guide, train_elbo: float) -> dict[str, float]:
@@ -400,6 +865,8 @@ class _Trainer:
             leave=False,
         )
         train_kwargs = self._kwargs(True)
+        if self.run_dir is not None:
+            self.interrupts.arm()
         tic = time.perf_counter()
         for step in range(start + 1, cfg.steps + 1):
             if svi is None:
@@ -425,8 +892,11 @@ class _Trainer:
                 tic = time.perf_counter()
                 self._save_checkpoint(step, optim)
             bar.update(1)
+            self._stop_if_interrupted(step, optim, bar)
         bar.close()
+        self.interrupts.disarm(raise_pending=True)
         self.elapsed += time.perf_counter() - tic
+        self._check_divergence()
 
         diagnostics = evaluate(
             self.model, guide, num_particles=cfg.eval_particles, guide_name=cfg.guide
@@ -447,6 +917,20 @@ class _Trainer:
             summary=self.model.summary(guide),
             posterior_draws=self._posterior_draws(guide),
         )
+
+    def _check_divergence(self) -> None:
+        """Refuse a run whose ELBO ended far below where it started: training that maximises
+        the ELBO and ends lower by more than the starting value's own magnitude (and at least
+        a nat) diverged, even where no value became NaN (an oversized learning rate)."""
+        rows = [r for r in self.history if math.isfinite(r.get("elbo", math.nan))]
+        if len(rows) < 2 or rows[0]["step"] != 0:
+            return
+        start, end = rows[0]["elbo"], rows[-1]["elbo"]
+        if start - end > max(1.0, abs(start)):
+            raise ZooError(
+                f"training diverged: the ELBO fell from {start:.6g} at step 0 to {end:.6g} at "
+                f"step {rows[-1]['step']} (try a smaller --lr)"
+            )
 
     def _local_step(self, guide) -> None:
         if self.config.local_steps:

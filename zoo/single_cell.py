@@ -4,7 +4,9 @@ A count matrix has one row per cell and one column per gene; its entries are UMI
 non-negative integers. This module turns a data source into a :class:`CountData`: a
 :class:`CountSource` (what a model reads mini-batches of rows from), the cell and gene names,
 and cell-type labels where the file has them. Everything a user can get wrong (a missing file,
-an unknown layer, values that are not counts) is a one-line :class:`~zoo.errors.DataError`.
+an unknown layer, values that are not counts, a damaged file) is a one-line
+:class:`~zoo.errors.DataError`: every sparse matrix's structure (row pointer, column indices,
+or 10x coordinates) is validated before any of it is used (:func:`zoo.data.validate_csr`).
 
 Sources
 -------
@@ -38,8 +40,8 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import io
 import warnings
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from zoo.data import READ_ERRORS, check_dtype, check_header, first_line, validate_csr
 from zoo.errors import DataError
 
 PBMC_FILE = "10x_pbmc68k_reduced.h5ad"
@@ -68,6 +71,8 @@ LABEL_KEYS = (
 )
 #: values further than this from an integer are not counts
 INTEGER_TOLERANCE = 1e-6
+#: the largest count accepted: the model computes in float32, exact for integers up to 2^24
+COUNT_LIMIT = float(2**24)
 #: stored values read per block when streaming over a backed matrix
 _BLOCK_VALUES = 1 << 22
 #: bytes of decompressed HDF5 chunks a backed source keeps in memory
@@ -93,8 +98,10 @@ class _CountCheck:
     non_integer: int = 0
     example: float | None = None
     minimum: float = np.inf
+    maximum: float = -np.inf
 
     def update(self, values: np.ndarray) -> None:
+        """Add a block of stored values to the totals."""
         values = np.asarray(values, dtype=np.float64)
         self.values += values.size
         if values.size == 0:
@@ -105,6 +112,7 @@ class _CountCheck:
         if values.size == 0:
             return
         self.minimum = min(self.minimum, float(values.min()))
+        self.maximum = max(self.maximum, float(values.max()))
         self.negative += int((values < 0).sum())
         off = np.abs(values - np.round(values)) > INTEGER_TOLERANCE
         count = int(off.sum())
@@ -113,12 +121,18 @@ class _CountCheck:
         self.non_integer += count
 
     def finish(self, where: str, allow_non_counts: bool) -> None:
+        """Refuse what the totals show not to be counts (or warn, see :func:`check_counts`)."""
         if self.non_finite:
             raise DataError(f"{where} has {self.non_finite} NaN or infinite value(s)")
         if self.negative:
             raise DataError(
                 f"{where} does not hold counts: {self.negative} negative value(s) "
                 f"(minimum {self.minimum:g}); scaled or centred data cannot be used"
+            )
+        if self.maximum > COUNT_LIMIT:
+            raise DataError(
+                f"{where} has a value of {self.maximum:.3g}; the model's float32 arithmetic "
+                f"holds counts exactly only up to 2^24 = {COUNT_LIMIT:.0f}"
             )
         if self.non_integer:
             message = (
@@ -139,8 +153,11 @@ class _CountCheck:
 
 
 def check_counts(values: np.ndarray, where: str, *, allow_non_counts: bool = False) -> None:
-    """Refuse values that are not counts: non-finite or negative values always, non-integers
-    unless ``allow_non_counts`` (then a :class:`NonCountWarning`, as scvi-tools warns)."""
+    """Refuse values that are not counts: a dtype that is not real numbers (complex, boolean,
+    text), non-finite or negative values and values above :data:`COUNT_LIMIT` always,
+    non-integers unless ``allow_non_counts`` (then a :class:`NonCountWarning`, as scvi-tools
+    warns)."""
+    check_dtype(np.asarray(values).dtype, where)
     check = _CountCheck()
     check.update(values)
     check.finish(where, allow_non_counts)
@@ -254,7 +271,11 @@ class _H5Backed(CountSource):
 class BackedCSRCounts(_H5Backed):
     """Rows of a CSR matrix stored in an HDF5 group (``data``, ``indices``, ``indptr``), read
     per mini-batch: the row pointer is read once, then only the slices of the requested rows.
-    Never holds more than a mini-batch of the matrix in memory."""
+    Never holds more than a mini-batch of the matrix in memory.
+
+    Opened without ``indptr``, the group's structure is validated first
+    (:func:`zoo.data.validate_csr`, the column indices read in blocks), so no row is ever
+    scattered outside the matrix; a subset shares its parent's validated row pointer."""
 
     def __init__(
         self,
@@ -265,10 +286,15 @@ class BackedCSRCounts(_H5Backed):
         row_map: np.ndarray | None = None,
         value_transform: ValueTransform | None = None,
         indptr: np.ndarray | None = None,
+        where: str | None = None,
     ) -> None:
         super().__init__(path, node, row_map)
         if indptr is None:
-            indptr = self._dataset("indptr")[:]
+            where = where or f"{str(self.path)!r} [{node}]"
+            group = self._dataset("")
+            data, indices, pointer = _sparse_parts(group, where)
+            shape = (_matrix_shape(group, where)[0], num_genes)
+            indptr = validate_csr(pointer[:], indices, shape, where, data_size=data.shape[0])
         self.indptr = np.asarray(indptr, dtype=np.int64)
         self.num_genes = num_genes
         self.num_cells = len(self.indptr) - 1 if row_map is None else len(row_map)
@@ -310,7 +336,8 @@ class BackedCSRCounts(_H5Backed):
             values = self.value_transform(values, owners)
         out = np.zeros((len(unique), self.num_genes), dtype=np.float32)
         local = np.searchsorted(unique, owners)
-        out[local, columns.astype(np.int64)] = values
+        # summed, as scipy sums a repeated (row, column) entry: the in-memory reader's rows
+        np.add.at(out, (local, columns), values)
         return out[inverse]
 
     def _blocks(self) -> Any:
@@ -416,17 +443,26 @@ def _check_shape(num_cells: int, num_genes: int, where: str) -> None:
         raise DataError(f"{where} has {num_cells} cells and {num_genes} genes; too few to model")
 
 
-def _strings(values: Any) -> np.ndarray:
-    """Names as a numpy array of Python str (h5py gives bytes for many string layouts)."""
+def _strings(values: Any, where: str = "names") -> np.ndarray:
+    """Names as a numpy array of Python str (h5py gives bytes for many string layouts); bytes
+    that are not UTF-8 text are a :class:`DataError` naming ``where``."""
     arr = np.asarray(values)
-    if arr.dtype.kind == "S":
-        return np.array([v.decode("utf-8", "replace") for v in arr.tolist()], dtype=object)
-    if arr.dtype == object:
-        return np.array(
-            [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr],
-            dtype=object,
-        )
-    return arr.astype(str).astype(object)
+    if arr.dtype.kind != "S" and arr.dtype != object:
+        return arr.astype(str).astype(object)
+    out = []
+    for value in arr.reshape(-1).tolist():
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{where}: {value[:40]!r} is not UTF-8 text (byte 0x{value[exc.start]:02x}); "
+                    "re-save the names as UTF-8"
+                ) from None
+        out.append(str(value))
+    result = np.empty(len(out), dtype=object)
+    result[:] = out
+    return result
 
 
 def _finish(
@@ -439,12 +475,12 @@ def _finish(
 ) -> CountData:
     n, g = source.shape
     cells = (
-        _strings(cell_names)
+        _strings(cell_names, f"{description}: cell names")
         if cell_names is not None
         else np.array([f"cell{i + 1}" for i in range(n)], dtype=object)
     )
     genes = (
-        _strings(gene_names)
+        _strings(gene_names, f"{description}: gene names")
         if gene_names is not None
         else np.array([f"gene{j + 1}" for j in range(g)], dtype=object)
     )
@@ -453,7 +489,7 @@ def _finish(
     if len(genes) != g:
         raise DataError(f"{description}: {len(genes)} gene names for {g} genes")
     if labels is not None:
-        labels = _strings(labels)
+        labels = _strings(labels, f"{description}: labels")
         if len(labels) != n:
             raise DataError(f"{description}: {len(labels)} labels for {n} cells")
     return CountData(
@@ -472,33 +508,66 @@ def _encoding(node: Any) -> str | None:
     return {"csr": "csr_matrix", "csc": "csc_matrix"}.get(value, value)
 
 
-def _matrix_shape(node: Any) -> tuple[int, int]:
+def _matrix_shape(node: Any, where: str | None = None) -> tuple[int, int]:
+    """(rows, columns) of a dense dataset or of a sparse group's ``shape`` attribute, which
+    must be two non-negative integers."""
+    where = where or repr(node.name)
     if hasattr(node, "shape") and not hasattr(node, "keys"):
+        if len(node.shape) != 2:
+            raise DataError(f"{where} is not a 2-D matrix (shape {node.shape})")
         return int(node.shape[0]), int(node.shape[1])
     shape = node.attrs.get("shape", node.attrs.get("h5sparse_shape"))
     if shape is None:
-        raise DataError(f"sparse matrix {node.name!r} has no shape attribute")
+        raise DataError(f"{where}: sparse matrix has no shape attribute")
+    shape = np.asarray(shape).reshape(-1)
+    if (
+        shape.size != 2
+        or shape.dtype.kind not in "iuf"
+        or not np.all(np.isfinite(shape))
+        or np.any(shape < 0)
+        or np.any(shape != np.round(shape))
+    ):
+        raise DataError(f"{where}: the shape attribute {shape.tolist()} is not two sizes")
     return int(shape[0]), int(shape[1])
 
 
-def _read_sparse(node: Any, encoding: str) -> sp.csr_matrix:
-    data, indices, indptr = node["data"][:], node["indices"][:], node["indptr"][:]
-    shape = _matrix_shape(node)
-    cls = sp.csr_matrix if encoding == "csr_matrix" else sp.csc_matrix
-    return sp.csr_matrix(cls((data, indices, indptr), shape=shape))
+def _sparse_parts(node: Any, where: str) -> tuple[Any, Any, Any]:
+    """The ``data``, ``indices`` and ``indptr`` datasets of a sparse group (not yet read),
+    refusing a missing one and values that are not real numbers."""
+    missing = [name for name in ("data", "indices", "indptr") if name not in node]
+    if missing:
+        raise DataError(f"{where}: sparse matrix without {', '.join(missing)}")
+    data, indices, indptr = node["data"], node["indices"], node["indptr"]
+    if len(data.shape) != 1:
+        raise DataError(f"{where}: data must be 1-D (shape {data.shape})")
+    check_dtype(data.dtype, f"{where} data")
+    return data, indices, indptr
 
 
-def _frame_index(f: Any, path: str) -> np.ndarray | None:
+def _read_sparse(node: Any, encoding: str, where: str | None = None) -> sp.csr_matrix:
+    """A CSR or CSC group read into memory as CSR, its structure validated first."""
+    where = where or repr(node.name)
+    data, indices, indptr = _sparse_parts(node, where)
+    shape = _matrix_shape(node, where)
+    layout = "csr" if encoding == "csr_matrix" else "csc"
+    indices = indices[:]
+    pointer = validate_csr(indptr[:], indices, shape, where, data_size=data.shape[0], layout=layout)
+    cls = sp.csr_matrix if layout == "csr" else sp.csc_matrix
+    return sp.csr_matrix(cls((data[:], indices, pointer), shape=shape))
+
+
+def _frame_index(f: Any, path: str, where: str = "") -> np.ndarray | None:
     """The index (names) of an anndata dataframe (group layout or legacy compound dataset)."""
     if path not in f:
         return None
     node = f[path]
+    what = f"{where} {path} names".strip()
     if hasattr(node, "keys"):
         key = node.attrs.get("_index", "_index")
         key = key.decode() if isinstance(key, bytes) else key
-        return _strings(node[key][...]) if key in node else None
+        return _strings(node[key][...], what) if key in node else None
     names = node.dtype.names or ()
-    return _strings(node["index"]) if "index" in names else None
+    return _strings(node["index"], what) if "index" in names else None
 
 
 def _frame_columns(f: Any, path: str) -> list[str]:
@@ -512,35 +581,41 @@ def _frame_columns(f: Any, path: str) -> list[str]:
     return [n for n in (node.dtype.names or ()) if n != "index"]
 
 
-def _frame_column(f: Any, path: str, key: str) -> np.ndarray | None:
+def _frame_column(f: Any, path: str, key: str, where: str = "") -> np.ndarray | None:
     """An obs/var column as strings: categorical (any anndata layout), string or numeric."""
     node = f[path]
+    what = f"{where} {path} column {key!r}".strip()
     if hasattr(node, "keys"):
         if key not in node:
             return None
         col = node[key]
         if hasattr(col, "keys"):  # anndata >= 0.8 categorical (or nullable) group
             if "categories" in col and "codes" in col:
-                return _decode_categorical(col["codes"][...], col["categories"][...])
+                return _decode_categorical(col["codes"][...], col["categories"][...], what)
             if "values" in col:
-                return _strings(col["values"][...])
+                return _strings(col["values"][...], what)
             return None
         if "categories" in col.attrs:  # anndata 0.7: codes + a reference to the categories
-            return _decode_categorical(col[...], f[col.attrs["categories"]][...])
-        return _strings(col[...])
+            return _decode_categorical(col[...], f[col.attrs["categories"]][...], what)
+        return _strings(col[...], what)
     names = node.dtype.names or ()
     if key not in names:
         return None
     values = node[key]
     categories = f"uns/{key}_categories"
     if categories in f:  # legacy compound layout: codes here, categories in uns
-        return _decode_categorical(values, f[categories][...])
-    return _strings(values)
+        return _decode_categorical(values, f[categories][...], what)
+    return _strings(values, what)
 
 
-def _decode_categorical(codes: np.ndarray, categories: np.ndarray) -> np.ndarray:
-    cats = _strings(categories)
-    codes = np.asarray(codes, dtype=np.int64)
+def _decode_categorical(
+    codes: np.ndarray, categories: np.ndarray, where: str = "categories"
+) -> np.ndarray:
+    cats = _strings(categories, where)
+    codes = np.asarray(codes)
+    if codes.dtype.kind not in "iu":
+        raise DataError(f"{where}: categorical codes must be integers (dtype {codes.dtype})")
+    codes = codes.astype(np.int64).reshape(-1)
     out = np.empty(len(codes), dtype=object)
     valid = (codes >= 0) & (codes < len(cats))
     out[valid] = cats[codes[valid]]
@@ -558,33 +633,39 @@ def _labels_from_frame(
         if label_key not in columns:
             shown = ", ".join(columns[:12]) or "none"
             raise DataError(f"{where}: obs has no column {label_key!r} (columns: {shown})")
-        return _frame_column(f, path, label_key), label_key
+        return _frame_column(f, path, label_key, where), label_key
     for key in LABEL_KEYS:
         if key in columns:
-            values = _frame_column(f, path, key)
+            values = _frame_column(f, path, key, where)
             if values is not None:
                 return values, key
     return None, None
 
 
 def _h5ad_matrix(f: Any, layer: str, where: str) -> tuple[str, str]:
-    """(HDF5 path of the matrix, HDF5 path of its var frame) for ``layer``."""
+    """(HDF5 path of the matrix, HDF5 path of its var frame) for ``layer``; a DataError
+    when the file has no such matrix (an HDF5 file that is not an h5ad has no ``X``)."""
     raw = "raw/X" if "raw/X" in f else "raw.X" if "raw.X" in f else None
     raw_var = "raw/var" if "raw/var" in f else "raw.var"
+    layers = list(f["layers"]) if "layers" in f and hasattr(f["layers"], "keys") else []
     if layer == "auto":
-        if "layers" in f and "counts" in f["layers"]:
+        if "counts" in layers:
             return "layers/counts", "var"
-        return "X", "var"
+        layer = "X"
     if layer == "X":
+        if "X" not in f:
+            others = [*(["raw"] if raw else []), *layers]
+            hint = f" (use --layer with one of: {', '.join(others)})" if others else ""
+            raise DataError(f"{where} has no matrix X: not an h5ad file{hint}")
         return "X", "var"
     if layer == "raw":
         if raw is None:
             raise DataError(f"{where} has no raw matrix (raw/X)")
         return raw, raw_var
-    if "layers" in f and layer in f["layers"]:
+    if layer in layers:
         return f"layers/{layer}", "var"
-    available = ["X", *(["raw"] if raw else []), *(list(f["layers"]) if "layers" in f else [])]
-    raise DataError(f"{where} has no layer {layer!r}; available: {', '.join(available)}")
+    available = [*(["X"] if "X" in f else []), *(["raw"] if raw else []), *layers]
+    raise DataError(f"{where} has no layer {layer!r}; available: {', '.join(available) or 'none'}")
 
 
 def read_h5ad(
@@ -598,7 +679,11 @@ def read_h5ad(
     """An ``.h5ad`` file's counts: ``layer`` ``"auto"`` (``layers/counts`` if present, else
     ``X``), ``"X"``, ``"raw"`` (``raw/X``) or a layer's name. Dense and CSR/CSC matrices, the
     current and the legacy anndata layouts. ``backed=True`` reads rows on demand (CSR or dense
-    storage; a CSC matrix is loaded into memory, rows being scattered across it)."""
+    storage; a CSC matrix is loaded into memory, rows being scattered across it).
+
+    A sparse matrix's ``indptr`` and ``indices`` are validated before any use (the indices in
+    blocks when backed); a file HDF5 cannot read, a missing matrix, names that are not UTF-8
+    and values that are not counts are each a one-line :class:`DataError`."""
     import h5py
 
     path = Path(path)
@@ -607,37 +692,59 @@ def read_h5ad(
         raise DataError(f"data file {where} does not exist")
     try:
         f = h5py.File(path, "r")
-    except OSError as exc:
-        raise DataError(f"cannot read {where} as h5ad (HDF5): {str(exc).splitlines()[0]}") from None
-    with f:
-        matrix_path, var_path = _h5ad_matrix(f, layer, where)
-        where_layer = f"{where} [{matrix_path}]"
-        node = f[matrix_path]
-        encoding = None if isinstance(node, h5py.Dataset) else _encoding(node)
-        if isinstance(node, h5py.Dataset):
-            if node.ndim != 2:
-                raise DataError(f"{where_layer} is not a 2-D matrix (shape {node.shape})")
-            if node.dtype.kind not in "biuf":
-                raise DataError(f"{where_layer} is not numeric (dtype {node.dtype})")
-        elif encoding not in ("csr_matrix", "csc_matrix"):
-            raise DataError(f"{where_layer}: unsupported matrix encoding {encoding!r}")
-        num_cells, num_genes = _matrix_shape(node)
-        _check_shape(num_cells, num_genes, where_layer)
-        cells = _frame_index(f, "obs")
-        genes = _frame_index(f, var_path)
-        labels, key = _labels_from_frame(f, "obs", label_key, where)
-        source: CountSource
-        if backed and encoding == "csr_matrix":
-            source = BackedCSRCounts(path, matrix_path, num_genes)
-            source.check(where_layer, allow_non_counts)
-        elif backed and encoding is None:
-            source = BackedDenseCounts(path, matrix_path)
-            source.check(where_layer, allow_non_counts)
-        else:
-            matrix = node[...] if encoding is None else _read_sparse(node, encoding)
-            stored = matrix.data if sp.issparse(matrix) else matrix
-            check_counts(stored, where_layer, allow_non_counts=allow_non_counts)
-            source = InMemoryCounts(matrix)
+    except READ_ERRORS as exc:
+        raise DataError(f"cannot read {where} as h5ad (HDF5): {first_line(exc)}") from None
+    try:
+        with f:
+            return _read_h5ad_file(f, path, layer, backed, label_key, allow_non_counts)
+    except DataError:
+        raise
+    except READ_ERRORS as exc:
+        raise DataError(f"cannot read {where} as h5ad: {first_line(exc)}") from None
+
+
+def _read_h5ad_file(
+    f: Any,
+    path: Path,
+    layer: str,
+    backed: bool,
+    label_key: str | None,
+    allow_non_counts: bool,
+) -> CountData:
+    """:func:`read_h5ad` on an open file (every check in order, before any data is used)."""
+    import h5py
+
+    where = repr(str(path))
+    matrix_path, var_path = _h5ad_matrix(f, layer, where)
+    where_layer = f"{where} [{matrix_path}]"
+    node = f[matrix_path]
+    encoding = None if isinstance(node, h5py.Dataset) else _encoding(node)
+    if isinstance(node, h5py.Dataset):
+        if node.ndim != 2:
+            raise DataError(f"{where_layer} is not a 2-D matrix (shape {node.shape})")
+        check_dtype(node.dtype, where_layer)
+    elif encoding not in ("csr_matrix", "csc_matrix"):
+        raise DataError(f"{where_layer}: unsupported matrix encoding {encoding!r}")
+    num_cells, num_genes = _matrix_shape(node, where_layer)
+    _check_shape(num_cells, num_genes, where_layer)
+    cells = _frame_index(f, "obs", where)
+    genes = _frame_index(f, var_path, where)
+    for names, size, what in ((cells, num_cells, "cell"), (genes, num_genes, "gene")):
+        if names is not None and len(names) != size:
+            raise DataError(f"{where_layer}: {len(names)} {what} names for {size} {what}s")
+    labels, key = _labels_from_frame(f, "obs", label_key, where)
+    source: CountSource
+    if backed and encoding == "csr_matrix":
+        source = BackedCSRCounts(path, matrix_path, num_genes, where=where_layer)
+        source.check(where_layer, allow_non_counts)
+    elif backed and encoding is None:
+        source = BackedDenseCounts(path, matrix_path)
+        source.check(where_layer, allow_non_counts)
+    else:
+        matrix = node[...] if encoding is None else _read_sparse(node, encoding, where_layer)
+        stored = matrix.data if sp.issparse(matrix) else matrix
+        check_counts(stored, where_layer, allow_non_counts=allow_non_counts)
+        source = InMemoryCounts(matrix)
     return _finish(source, cells, genes, labels, key, f"{path.name} [{matrix_path}]")
 
 
@@ -823,15 +930,132 @@ def _find(directory: Path, names: Sequence[str]) -> Path | None:
     return None
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+def _open_binary(path: Path) -> Any:
+    """A file opened for reading bytes, decompressed when its name ends in ``.gz``."""
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _read_failure(path: Path, exc: BaseException) -> DataError:
+    """A one-line error for a file that could not be read or decompressed."""
+    damaged = isinstance(exc, EOFError | zlib.error | gzip.BadGzipFile)
+    if path.suffix == ".gz" and damaged:
+        return DataError(
+            f"cannot read {str(path)!r}: corrupt or truncated gzip file ({first_line(exc)})"
+        )
+    return DataError(f"cannot read {str(path)!r}: {first_line(exc)}")
 
 
 def _read_tsv(path: Path) -> list[list[str]]:
-    with _open_text(path) as handle:
-        return [line.rstrip("\n").split("\t") for line in handle if line.strip()]
+    """The tab-separated fields of every non-blank line; text must be UTF-8."""
+    rows = []
+    try:
+        with _open_binary(path) as handle:
+            for number, raw in enumerate(handle, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(
+                        f"{str(path)!r}: line {number} is not UTF-8 text (byte "
+                        f"0x{raw[exc.start]:02x} in {raw[:40]!r}); re-save the file as UTF-8"
+                    ) from None
+                if line.strip():
+                    rows.append(line.rstrip("\r\n").split("\t"))
+    except DataError:
+        raise
+    except READ_ERRORS as exc:
+        raise _read_failure(path, exc) from None
+    return rows
+
+
+#: Matrix Market fields that can hold counts
+_MTX_FIELDS = ("integer", "real", "double")
+
+
+def _mtx_header(handle: Any, where: str) -> tuple[str, str, list[int]]:
+    """(format, field, sizes) from a Matrix Market header: ``coordinate`` sizes are (rows,
+    columns, entries), ``array`` sizes (rows, columns)."""
+    header = handle.readline()
+    tokens = header.decode("ascii", "replace").split()
+    if len(tokens) != 5 or tokens[0].lower() != "%%matrixmarket" or tokens[1].lower() != "matrix":
+        raise DataError(f"{where} is not a Matrix Market matrix (first line {header[:60]!r})")
+    fmt, field, symmetry = (t.lower() for t in tokens[2:])
+    if fmt not in ("coordinate", "array"):
+        raise DataError(f"{where}: unknown Matrix Market format {fmt!r}")
+    if field not in _MTX_FIELDS:
+        raise DataError(
+            f"{where}: a {field} Matrix Market matrix holds no counts (integer or real needed)"
+        )
+    if symmetry != "general":
+        raise DataError(f"{where}: a {symmetry} Matrix Market matrix is not genes x cells counts")
+    line = handle.readline()
+    while line and (not line.strip() or line.lstrip().startswith(b"%")):
+        line = handle.readline()
+    size = line.decode("ascii", "replace").split()
+    expected = 3 if fmt == "coordinate" else 2
+    if len(size) != expected or not all(t.isdigit() for t in size):
+        raise DataError(
+            f"{where}: the size line {line[:60]!r} is not {expected} non-negative integers"
+        )
+    return fmt, field, [int(t) for t in size]
+
+
+def _mtx_entries(handle: Any, columns: int, count: int, where: str) -> list[np.ndarray]:
+    """The ``count`` entries after a Matrix Market header: ``columns`` numbers per line (two
+    1-based coordinates as integers, then the value), one array per column."""
+    import pandas as pd
+
+    dtypes = {j: np.int64 for j in range(columns - 1)} | {columns - 1: np.float64}
+    try:
+        frame = pd.read_csv(handle, sep=r"\s+", header=None, comment="%", dtype=dtypes)
+    except pd.errors.EmptyDataError:
+        frame = pd.DataFrame({j: np.zeros(0, dtype=dtypes[j]) for j in range(columns)})
+    except (EOFError, zlib.error, OSError):
+        raise  # a damaged file, not a malformed entry: the caller names it
+    except READ_ERRORS as exc:
+        raise DataError(f"cannot read {where} as Matrix Market: {first_line(exc)}") from None
+    if frame.shape[1] != columns:
+        raise DataError(
+            f"{where}: Matrix Market entries have {frame.shape[1]} numbers per line, not {columns}"
+        )
+    if len(frame) != count:
+        raise DataError(f"{where}: the header declares {count} entries but {len(frame)} follow")
+    return [frame[j].to_numpy() for j in range(columns)]
+
+
+def read_mtx_counts(path: Path, num_genes: int, num_cells: int) -> sp.csr_matrix:
+    """A Matrix Market file of genes x cells as a cells x genes CSR matrix.
+
+    The header must declare ``num_genes`` rows and ``num_cells`` columns (checked before any
+    entry is read); coordinate entries must be 1-based within that shape (checked before the
+    matrix is built) and their number must match the header's. Integer or real values,
+    ``general`` symmetry, ``coordinate`` or ``array`` layout; optionally gzipped."""
+    where = repr(str(path))
+    try:
+        with _open_binary(path) as handle:
+            fmt, _, sizes = _mtx_header(handle, where)
+            rows, cols = sizes[0], sizes[1]
+            if (rows, cols) != (num_genes, num_cells):
+                raise DataError(
+                    f"{where} declares {rows} rows x {cols} columns but the directory names "
+                    f"{num_genes} genes and {num_cells} barcodes"
+                )
+            if fmt == "array":
+                (values,) = _mtx_entries(handle, 1, rows * cols, where)
+                return sp.csr_matrix(values.reshape(cols, rows))
+            row, col, values = _mtx_entries(handle, 3, sizes[2], where)
+    except DataError:
+        raise
+    except READ_ERRORS as exc:
+        raise _read_failure(path, exc) from None
+    for name, index, size in (("row", row, rows), ("column", col, cols)):
+        bad = (index < 1) | (index > size)
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"{where}: entry {k + 1} has {name} {int(index[k])}, outside 1..{size} "
+                "(coordinates are 1-based within the declared shape)"
+            )
+    return sp.csr_matrix(sp.coo_matrix((values, (col - 1, row - 1)), shape=(cols, rows)))
 
 
 def read_10x_mtx(
@@ -840,9 +1064,9 @@ def read_10x_mtx(
     """A Cell Ranger matrix directory: ``matrix.mtx`` (genes x cells, Matrix Market),
     ``genes.tsv`` (v2) or ``features.tsv`` (v3; only "Gene Expression" features are kept) and
     ``barcodes.tsv``, each optionally ``.gz``. Gene names are the symbols (second column)
-    unless ``gene_symbols=False`` (the IDs)."""
-    import scipy.io
-
+    unless ``gene_symbols=False`` (the IDs). Text must be UTF-8; a corrupt or truncated
+    ``.gz``, coordinates outside the declared shape, or a shape that disagrees with the gene
+    and barcode lists is a one-line :class:`DataError`."""
     directory = Path(directory)
     where = repr(str(directory))
     if not directory.is_dir():
@@ -859,30 +1083,28 @@ def read_10x_mtx(
         )
         if found is None
     ]
-    if missing:
+    if missing or matrix_path is None or genes_path is None or barcodes_path is None:
         raise DataError(f"{where} is not a 10x matrix directory: no {', '.join(missing)}")
-    try:
-        if matrix_path.suffix == ".gz":
-            with gzip.open(matrix_path, "rb") as handle:
-                raw = scipy.io.mmread(handle)
-        else:
-            raw = scipy.io.mmread(matrix_path)
-    except (ValueError, OSError, IndexError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"cannot read {str(matrix_path)!r} as Matrix Market: {first}") from None
-    matrix = sp.csr_matrix(raw).T.tocsr()  # cells x genes
     genes = _read_tsv(genes_path)
     barcodes = [row[0] for row in _read_tsv(barcodes_path)]
-    if len(genes) != matrix.shape[1]:
+    try:
+        with _open_binary(matrix_path) as handle:
+            _, _, sizes = _mtx_header(handle, repr(str(matrix_path)))
+    except DataError:
+        raise
+    except READ_ERRORS as exc:
+        raise _read_failure(matrix_path, exc) from None
+    if len(genes) != sizes[0]:
         raise DataError(
-            f"{where}: {len(genes)} genes in {genes_path.name} but {matrix.shape[1]} rows in "
+            f"{where}: {len(genes)} genes in {genes_path.name} but {sizes[0]} rows in "
             f"{matrix_path.name}"
         )
-    if len(barcodes) != matrix.shape[0]:
+    if len(barcodes) != sizes[1]:
         raise DataError(
             f"{where}: {len(barcodes)} barcodes in {barcodes_path.name} but "
-            f"{matrix.shape[0]} columns in {matrix_path.name}"
+            f"{sizes[1]} columns in {matrix_path.name}"
         )
+    matrix = read_mtx_counts(matrix_path, len(genes), len(barcodes))  # cells x genes
     keep = np.array([len(row) < 3 or row[2] == "Gene Expression" for row in genes])
     if not keep.all():
         matrix = matrix[:, np.flatnonzero(keep)]
@@ -915,11 +1137,17 @@ def read_count_csv(
     sep = "\t" if path.name.endswith((".tsv", ".tsv.gz", ".txt", ".txt.gz")) else ","
     try:
         frame = pd.read_csv(path, sep=sep)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"cannot read {where} as CSV: {first}") from None
+    except READ_ERRORS as exc:
+        raise DataError(f"cannot read {where} as CSV: {first_line(exc)}") from None
+    check_header(frame, where)
     if frame.shape[1] == 0 or len(frame) == 0:
         raise DataError(f"{where} has no data rows")
+    for name in frame.columns:
+        if pd.api.types.is_bool_dtype(frame[name]):
+            raise DataError(
+                f"{where}: column {str(name)!r} holds true/false values, not counts "
+                "(write them as 1 and 0)"
+            )
     numeric = set(frame.select_dtypes(include="number").columns)
     cells = None
     first = frame.columns[0]
@@ -945,7 +1173,8 @@ def read_count_csv(
     text = [c for c in frame.columns if c not in numeric]
     if text:
         column = frame[text[0]]
-        bad = column[pd.to_numeric(column, errors="coerce").isna()].iloc[0]
+        unparsed = column[pd.to_numeric(column, errors="coerce").isna()]
+        bad = unparsed.iloc[0] if len(unparsed) else column.iloc[0]
         raise DataError(
             f"{where}: column {text[0]!r} is not numeric (value {bad!r}); a count CSV has one "
             "row per cell, a first column of cell names and one numeric column per gene"

@@ -43,7 +43,7 @@ import pyro.distributions as dist
 import torch
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
-from zoo.data import read_numeric_table
+from zoo.data import as_float_array, read_numeric_table
 from zoo.errors import DataError, ZooError
 from zoo.model import Option, Training, ZooModel, positive_float
 from zoo.registry import register
@@ -206,11 +206,12 @@ class BayesianLinearRegression(ZooModel):
             self.target_name = "disease progression"
         else:
             if isinstance(data, str | Path):
-                values, columns = read_numeric_table(data, min_rows=3)
+                # constant columns are refused below, naming feature or target
+                values, columns = read_numeric_table(data, min_rows=3, allow_constant=True)
                 source = repr(str(data))
             else:
-                values = np.asarray(data, dtype=np.float64)
-                if values.ndim != 2 or not np.isfinite(values).all():
+                values = as_float_array(data, "the data")
+                if values.ndim != 2:
                     raise DataError("data must be a finite 2-D array (rows x columns)")
                 columns = [f"x{i + 1}" for i in range(values.shape[1] - 1)] + ["y"]
                 source = "the data"
@@ -288,6 +289,11 @@ class BayesianLinearRegression(ZooModel):
         if guide in ("full-rank", "exact"):
             return self.log_evidence()
         return None
+
+    def exact_elbo(self, guide: Callable[..., Any], guide_name: str) -> float:
+        """Every guide here is Gaussian: its ELBO in closed form (:func:`gaussian_elbo`)."""
+        mean, cov = self.guide_gaussian(guide)
+        return gaussian_elbo(self.x, self.y, self.prior_scale, self.noise_scale, mean, cov)
 
     # -- reading a fitted guide --------------------------------------------------------------------
     @torch.no_grad()

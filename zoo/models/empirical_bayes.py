@@ -523,6 +523,10 @@ class _EmpiricalBayes(ZooModel):
         # prior-family and exact: the family contains p(z | y, theta)
         return self.log_evidence()
 
+    def max_log_evidence(self) -> float:
+        """log p(y | theta) at the verified type-II maximum."""
+        return self.type2_max.log_marginal
+
     # -- reading the fit ---------------------------------------------------------------------------
     def hyper_values(self) -> tuple[float, float]:
         """The two hyperparameters as floats, read through ``pyro.param``."""

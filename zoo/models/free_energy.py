@@ -83,9 +83,18 @@ from pyro.distributions.transforms.spline import _monotonic_rational_spline
 from pyro.infer.autoguide import AutoDelta, AutoNormal, init_to_value
 from torch.distributions import AffineTransform, Transform
 
-from zoo.data import read_numeric_table
+from zoo.data import as_float_array, read_numeric_table
 from zoo.errors import DataError, ZooError
-from zoo.model import Option, Training, ZooModel
+from zoo.model import (
+    Option,
+    Training,
+    ZooModel,
+    at_least,
+    finite_float,
+    positive_float,
+    positive_int,
+    seed_value,
+)
 from zoo.optimize import maximize
 from zoo.quadrature import log_integral, log_trapezoid
 from zoo.registry import register
@@ -428,16 +437,23 @@ class FreeEnergyPerception(ZooModel):
     application = "Free-energy principle"
     reference = "Bogacz (2017), J. Math. Psych. 76, §2.1-§3 (Exercises 1-2); Friston (2005, 2010)"
     options = (
-        Option("u", float, EXERCISE_1["u"], "observed light intensity u (Exercise 1: 2)"),
-        Option("v_p", float, EXERCISE_1["v_p"], "prior mean v_p of the size (Exercise 1: 3)"),
-        Option("sigma_p", float, EXERCISE_1["sigma_p"], "prior variance Sigma_p (Exercise 1: 1)"),
+        Option("u", finite_float, EXERCISE_1["u"], "observed light intensity u (Exercise 1: 2)"),
+        Option(
+            "v_p", finite_float, EXERCISE_1["v_p"], "prior mean v_p of the size (Exercise 1: 3)"
+        ),
+        Option(
+            "sigma_p",
+            positive_float,
+            EXERCISE_1["sigma_p"],
+            "prior variance Sigma_p (Exercise 1: 1)",
+        ),
         Option(
             "sigma_u",
-            float,
+            positive_float,
             EXERCISE_1["sigma_u"],
             "sensory noise variance Sigma_u (Exercise 1: 1)",
         ),
-        Option("flow_bins", int, 8, "bins of the spline-flow guide"),
+        Option("flow_bins", at_least(2), 8, "bins of the spline-flow guide"),
     )
     guides = ("gaussian", "point-mass", "spline-flow")
     default_guide = "gaussian"
@@ -582,6 +598,15 @@ class FreeEnergyPerception(ZooModel):
         u, v_p, sp, su = self.theta
         integrand = log_normal(eps, 0.0, 1.0).exp() * (log_joint(v, u, v_p, sp, su) + log_det)
         return float(torch.trapezoid(integrand, eps)) + 0.5 * (LOG_2PI + 1.0)
+
+    def exact_elbo(self, guide: Any, guide_name: str) -> float | None:
+        """The Gaussian guide's ELBO in closed form, the spline flow's by quadrature; the
+        point mass has none (not a bound)."""
+        kind = self.guide_kind(guide)
+        if kind == "gaussian":
+            m, s = guide.locs.v.item(), guide.scales.v.item()
+            return float(gaussian_elbo(m, s, *self.theta))
+        return self.flow_elbo() if kind == "spline-flow" else None
 
     def summary(self, guide: Any) -> dict[str, Any]:
         u, v_p, sp, su = self.theta
@@ -798,14 +823,20 @@ class FreeEnergyLearning(ZooModel):
     application = "Free-energy principle"
     reference = "Bogacz (2017), J. Math. Psych. 76, §2.4 (eqs. 15-21) and §3 (eq. 35)"
     options = (
-        Option("num_points", int, 300, "food items observed"),
-        Option("data_seed", int, 0, "seed of the simulated items"),
-        Option("true_v_p", float, 2.0, "the world's mean size"),
-        Option("true_sigma_p", float, 0.5, "the world's size variance"),
-        Option("true_sigma_u", float, 0.5, "the world's sensory noise variance"),
-        Option("init_v_p", float, EXERCISE_1["v_p"], "the animal's initial v_p (Exercise 1: 3)"),
-        Option("init_sigma_p", float, EXERCISE_1["sigma_p"], "initial Sigma_p (Exercise 1: 1)"),
-        Option("init_sigma_u", float, EXERCISE_1["sigma_u"], "initial Sigma_u (Exercise 1: 1)"),
+        Option("num_points", positive_int, 300, "food items observed"),
+        Option("data_seed", seed_value, 0, "seed of the simulated items"),
+        Option("true_v_p", finite_float, 2.0, "the world's mean size"),
+        Option("true_sigma_p", positive_float, 0.5, "the world's size variance"),
+        Option("true_sigma_u", positive_float, 0.5, "the world's sensory noise variance"),
+        Option(
+            "init_v_p", finite_float, EXERCISE_1["v_p"], "the animal's initial v_p (Exercise 1: 3)"
+        ),
+        Option(
+            "init_sigma_p", positive_float, EXERCISE_1["sigma_p"], "initial Sigma_p (Exercise 1: 1)"
+        ),
+        Option(
+            "init_sigma_u", positive_float, EXERCISE_1["sigma_u"], "initial Sigma_u (Exercise 1: 1)"
+        ),
     )
     data_help = "CSV file of observed light intensities u (one numeric column, or a column 'u')"
     guides = ("gaussian", "point-mass")
@@ -831,7 +862,7 @@ class FreeEnergyLearning(ZooModel):
                 opts["num_points"], *self.true_theta, opts["data_seed"]
             )
         elif isinstance(data, str | Path):
-            table, columns = read_numeric_table(data)
+            table, columns = read_numeric_table(data, allow_constant=True)
             if "u" in columns:
                 values = table[:, columns.index("u")]
             elif table.shape[1] == 1:
@@ -841,8 +872,8 @@ class FreeEnergyLearning(ZooModel):
                     f"{str(data)!r} has {table.shape[1]} numeric columns; name the lights 'u'"
                 )
         else:
-            values = np.asarray(data, dtype=np.float64)
-            if values.ndim != 1 or values.size < 2 or not np.isfinite(values).all():
+            values = as_float_array(data, "the data")
+            if values.ndim != 1 or values.size < 2:
                 raise DataError("data must be a finite 1-D array of at least 2 light intensities")
         self.u = self.tensor(values)
         self.num_data = int(values.shape[0])
@@ -893,6 +924,14 @@ class FreeEnergyLearning(ZooModel):
         if guide == "gaussian":
             return best_gaussians(self.u, self.theta())[0]
         return None
+
+    def exact_elbo(self, guide: Any, guide_name: str) -> float | None:
+        """The Gaussian guides' ELBO in closed form (the point mass has none: not a bound)."""
+        return self.fitted_elbo(guide) if self.guide_kind(guide) == "gaussian" else None
+
+    def max_log_evidence(self) -> float:
+        """ln p(u | theta) at the verified maximum-likelihood theta."""
+        return float(self.peers["max_likelihood"]["log_evidence"])
 
     @cached_property
     def peers(self) -> dict[str, dict[str, Any]]:
@@ -1001,14 +1040,14 @@ class PredictiveCoding(ZooModel):
     application = "Free-energy principle"
     reference = "Rao & Ballard (1999), Nat. Neurosci. 2; Bogacz (2017), §4.2 (eqs. 51-56)"
     options = (
-        Option("num_points", int, 100, "data points (stimuli) N"),
-        Option("obs_dim", int, 8, "dimension D of the sensory input x"),
-        Option("layer1", int, 4, "units k1 in the first latent layer z1"),
-        Option("layer2", int, 2, "units k2 in the second latent layer z2"),
-        Option("noise1", float, 0.5, "sd s1 of z1 around W2 z2"),
-        Option("noise0", float, 0.5, "sd s0 of x around W1 z1"),
-        Option("weight_seed", int, 0, "seed of the weights W1, W2 (entries N(0, 1))"),
-        Option("data_seed", int, 1, "seed of the simulated stimuli"),
+        Option("num_points", positive_int, 100, "data points (stimuli) N"),
+        Option("obs_dim", positive_int, 8, "dimension D of the sensory input x"),
+        Option("layer1", positive_int, 4, "units k1 in the first latent layer z1"),
+        Option("layer2", positive_int, 2, "units k2 in the second latent layer z2"),
+        Option("noise1", positive_float, 0.5, "sd s1 of z1 around W2 z2"),
+        Option("noise0", positive_float, 0.5, "sd s0 of x around W1 z1"),
+        Option("weight_seed", seed_value, 0, "seed of the weights W1, W2 (entries N(0, 1))"),
+        Option("data_seed", seed_value, 1, "seed of the simulated stimuli"),
     )
     data_help = "CSV file of stimuli x (D = --obs-dim numeric columns, one row per stimulus)"
     guides = ("mean-field", "full-rank")
@@ -1043,9 +1082,9 @@ class PredictiveCoding(ZooModel):
             values = self.simulate(opts["num_points"], opts["data_seed"])
         else:
             if isinstance(data, str | Path):
-                values, _ = read_numeric_table(data, min_rows=1)
+                values, _ = read_numeric_table(data, min_rows=1, allow_constant=True)
             else:
-                values = np.asarray(data, dtype=np.float64)
+                values = as_float_array(data, "the data")
                 if values.ndim == 1:
                     values = values[:, None]
             if values.ndim != 2 or not np.isfinite(values).all():

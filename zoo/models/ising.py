@@ -55,7 +55,7 @@ import pyro.distributions as dist
 import torch
 
 from guides.autoregressive import AutoregressiveLatticeGuide, FactorisedLatticeGuide
-from zoo.errors import DataError
+from zoo.errors import DataError, require_memory
 from zoo.ising_exact import (
     BETA_C,
     adjacency,
@@ -67,7 +67,15 @@ from zoo.ising_exact import (
     thermodynamics,
     transfer_matrix_log_z,
 )
-from zoo.model import Option, Training, ZooModel
+from zoo.model import (
+    Option,
+    Training,
+    ZooModel,
+    at_least,
+    finite_float,
+    non_negative_int,
+    positive_int,
+)
 from zoo.registry import register
 
 #: the largest lattice side whose transfer-matrix thermodynamics the summary computes
@@ -134,14 +142,18 @@ class Ising(ZooModel):
         "Parisi, Statistical Field Theory (1988) ch. 4 (mean field)"
     )
     options = (
-        Option("size", int, 8, "lattice side L (N = L^2 spins)"),
-        Option("beta", float, BETA_C, "inverse temperature (default beta_c = ln(1+sqrt 2)/2)"),
-        Option("field", float, 0.0, "external field h"),
+        Option("size", at_least(2), 8, "lattice side L (N = L^2 spins)"),
+        Option(
+            "beta", finite_float, BETA_C, "inverse temperature (default beta_c = ln(1+sqrt 2)/2)"
+        ),
+        Option("field", finite_float, 0.0, "external field h"),
         Option("boundary", str, "periodic", "boundary conditions", choices=("periodic", "open")),
-        Option("hidden", int, 0, "VAN hidden units per layer (0: 4 N, at most 1024)"),
-        Option("depth", int, 1, "VAN hidden layers"),
+        Option("hidden", non_negative_int, 0, "VAN hidden units per layer (0: 4 N, at most 1024)"),
+        Option("depth", positive_int, 1, "VAN hidden layers"),
         Option("z2", _z2_option, "auto", "VAN Z2 symmetrisation: auto (on when h = 0), on, off"),
-        Option("anneal_steps", int, 0, "training steps over which beta ramps up (0: none)"),
+        Option(
+            "anneal_steps", non_negative_int, 0, "training steps over which beta ramps up (0: none)"
+        ),
     )
     guides = ("mean-field", "autoregressive")
     default_guide = "mean-field"
@@ -176,6 +188,11 @@ class Ising(ZooModel):
         z2 = opts["z2"]
         self.z2 = (self.h == 0.0) if z2 == "auto" else z2 == "on"
         self.anneal_steps = opts["anneal_steps"]
+        # the dense N x N couplings, the VAN's masked weights with Adam's state, and the
+        # activations of a training batch, in float64
+        params = 2 * n * self.hidden + (self.depth - 1) * self.hidden**2
+        batch = self.training.particles * (n + self.hidden * self.depth)
+        require_memory(8.0 * (n * n + 4 * params + 8 * batch), f"a {size} x {size} lattice")
         self.coupling = adjacency(size, size, periodic=self.periodic)
         self.prior_probs = torch.full(self.shape, 0.5, dtype=torch.float64, device=self.device)
         self._train_calls = 0

@@ -72,7 +72,7 @@ from zoo.collapse import CollapseReport, report_from_moments
 from zoo.data_blocks import index_blocks
 from zoo.diagnostics import evaluate
 from zoo.errors import DataError
-from zoo.model import Option, Training, ZooModel, boolean, positive_int
+from zoo.model import Option, Training, ZooModel, boolean, positive_int, seed_value
 from zoo.registry import register
 from zoo.single_cell import CountData, InMemoryCounts, load_counts, load_pbmc68k_reduced
 
@@ -447,11 +447,11 @@ class SingleCellVI(ZooModel):
             "library", str, "observed", "library size: observed or latent", choices=LIBRARY_MODES
         ),
         Option("test_fraction", _held_out_fraction, 0.1, "fraction of cells held out (0: none)"),
-        Option("split_seed", int, 0, "seed of the train/held-out split"),
+        Option("split_seed", seed_value, 0, "seed of the train/held-out split"),
         Option("test_particles", positive_int, 1000, "K of the held-out marginal likelihood"),
         Option("num_cells", positive_int, 1000, "cells of the simulated data set"),
         Option("num_genes", positive_int, 200, "genes of the simulated data set"),
-        Option("data_seed", int, 0, "seed of the simulated data set"),
+        Option("data_seed", seed_value, 0, "seed of the simulated data set"),
     )
     data_help = (
         ".h5ad file (counts layer or X; --layer, --backed), 10x matrix directory "

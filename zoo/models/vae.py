@@ -71,10 +71,19 @@ from guides.amortized import (
     MLPDecoder,
 )
 from zoo.collapse import CollapseReport, collapse_report
-from zoo.data import read_numeric_table
+from zoo.data import (
+    FLOAT32_LIMIT,
+    FLOAT64_LIMIT,
+    check_dtype,
+    check_magnitude,
+    npz_keys,
+    read_npy,
+    read_npz_member,
+    read_numeric_table,
+)
 from zoo.diagnostics import evaluate
 from zoo.errors import DataError
-from zoo.model import Option, Training, ZooModel, boolean, positive_int
+from zoo.model import Option, Training, ZooModel, boolean, positive_int, seed_value
 from zoo.registry import register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -97,33 +106,56 @@ def load_digits_data() -> tuple[np.ndarray, np.ndarray]:
     return bunch.data.astype(np.float64), bunch.target.astype(np.int64)
 
 
-def _check_array(values: np.ndarray, source: str) -> tuple[np.ndarray, tuple[int, int] | None]:
-    """A numeric, finite (N, D) float64 array (an (N, H, W) one flattened) and its image shape."""
-    if values.dtype == object or not (
-        np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_
-    ):
-        raise DataError(f"{source} is not numeric (dtype {values.dtype})")
+def _check_array(
+    values: np.ndarray, source: str, max_abs: float = FLOAT64_LIMIT
+) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """A numeric, finite (N, D) float64 array (an (N, H, W) one flattened) and its image shape.
+
+    Booleans are accepted (binary images); complex, object, text and structured arrays are
+    not, nor NaN or infinite values, nor magnitudes above ``max_abs`` (the model's arithmetic
+    would overflow)."""
+    values = np.asarray(values)
+    check_dtype(values.dtype, source, allow_bool=True)
     if values.ndim not in (2, 3):
         raise DataError(
             f"{source} has shape {values.shape}; expected (N, D) data points or (N, H, W) images"
         )
     image_shape = tuple(values.shape[1:]) if values.ndim == 3 else None
-    values = values.reshape(values.shape[0], -1).astype(np.float64)
-    if values.shape[0] < 4 or values.shape[1] < 1:
-        raise DataError(f"{source} has shape {values.shape}; at least 4 rows are needed")
-    bad = int((~np.isfinite(values)).any(axis=1).sum())
+    flat = values.reshape(values.shape[0], math.prod(values.shape[1:])).astype(np.float64)
+    if flat.shape[0] < 4 or flat.shape[1] < 1:
+        raise DataError(
+            f"{source} has shape {values.shape}; at least 4 rows and 1 column are needed"
+        )
+    bad = int((~np.isfinite(flat)).any(axis=1).sum())
     if bad:
         raise DataError(f"{source} has {bad} row(s) with NaN or infinite values")
-    return values, image_shape  # type: ignore[return-value]
+    check_magnitude(flat, source, max_abs=max_abs)
+    return flat, image_shape  # type: ignore[return-value]
 
 
-def read_array_file(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, tuple | None]:
+def _usable_labels(labels: np.ndarray) -> np.ndarray | None:
+    """Labels as int64 for colouring, or None when they are not finite whole numbers (text,
+    fractions, NaN, complex): the data are kept, the colouring dropped."""
+    if labels.dtype.kind in "iub":
+        return labels.astype(np.int64)
+    if labels.dtype.kind != "f":
+        return None
+    finite = np.isfinite(labels).all() and np.abs(labels).max(initial=0.0) < 2.0**53
+    if not finite or (labels != np.round(labels)).any():
+        return None
+    return labels.astype(np.int64)
+
+
+def read_array_file(
+    path: str | Path, max_abs: float = FLOAT64_LIMIT
+) -> tuple[np.ndarray, np.ndarray | None, tuple | None]:
     """The user's data: (values (N, D) float64, labels or None, image shape or None).
 
     ``.npy``: one (N, D) or (N, H, W) array. ``.npz``: the array named x, X, images or data
     (or the only array), with labels from y, labels or target if present. ``.csv``: the
-    numeric columns, a column named label/labels/y/target/digit taken as labels.
-    Anything unusable is a one-line :class:`DataError`.
+    numeric columns, a column named label/labels/y/target/digit taken as labels. A truncated
+    or corrupt file, an array that is not real numbers (complex, object, text), too few rows
+    or values above ``max_abs`` in magnitude: each is a one-line :class:`DataError`.
     """
     path = Path(path)
     source = repr(str(path))
@@ -132,46 +164,37 @@ def read_array_file(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, tu
     suffix = path.suffix.lower()
     labels = None
     if suffix == ".csv":
-        values, names = read_numeric_table(path, min_rows=4)
+        values, names = read_numeric_table(path, min_rows=4, allow_constant=True, max_abs=max_abs)
         lower = [n.strip().lower() for n in names]
         label_cols = [i for i, n in enumerate(lower) if n in _LABEL_COLUMNS]
         if label_cols:
-            labels = values[:, label_cols[0]].astype(np.int64)
+            labels = _usable_labels(values[:, label_cols[0]])
             values = np.delete(values, label_cols[0], axis=1)
             if values.shape[1] == 0:
                 raise DataError(f"{source} has no numeric column besides the labels")
-        values, shape = _check_array(values, source)
+        values, shape = _check_array(values, source, max_abs)
         return values, labels, shape
     if suffix not in (".npy", ".npz"):
         raise DataError(f"cannot read {source}: unsupported file type; use .npy, .npz or .csv")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"cannot read {source}: {first}") from None
     if suffix == ".npz":
-        with loaded:
-            keys = list(loaded.keys())
-            chosen = next((k for k in _ARRAY_KEYS if k in keys), None)
-            if chosen is None and len(keys) == 1:
-                chosen = keys[0]
-            if chosen is None:
-                raise DataError(f"{source} holds arrays {keys}; name the data x (and the labels y)")
-            try:
-                array = loaded[chosen]
-                label_key = next((k for k in ("y", "labels", "target") if k in keys), None)
-                if label_key is not None:
-                    labels = np.asarray(loaded[label_key]).reshape(-1)
-            except ValueError as exc:
-                raise DataError(f"cannot read {source}: {str(exc).splitlines()[0]}") from None
+        keys = npz_keys(path)
+        chosen = next((k for k in _ARRAY_KEYS if k in keys), None)
+        if chosen is None and len(keys) == 1:
+            chosen = keys[0]
+        if chosen is None:
+            raise DataError(f"{source} holds arrays {keys}; name the data x (and the labels y)")
+        array = read_npz_member(path, chosen)
+        source = f"{source} [{chosen}]"
+        label_key = next((k for k in ("y", "labels", "target") if k in keys), None)
+        if label_key is not None:
+            labels = read_npz_member(path, label_key, allow_text=True).reshape(-1)
     else:
-        array = loaded
-    values, shape = _check_array(np.asarray(array), source)
+        array = read_npy(path)
+    values, shape = _check_array(array, source, max_abs)
     if labels is not None:
         if labels.shape[0] != values.shape[0]:
             raise DataError(f"{source}: {labels.shape[0]} labels for {values.shape[0]} data points")
-        # text labels: keep the data, drop the colouring
-        labels = labels.astype(np.int64) if np.issubdtype(labels.dtype, np.number) else None
+        labels = _usable_labels(labels)
     return values, labels, shape
 
 
@@ -379,11 +402,12 @@ class _AmortizedModel(ZooModel):
             self.image_shape: tuple[int, int] = (8, 8)
             self.source = "digits"
             return values, labels
+        max_abs = FLOAT32_LIMIT if self.dtype == torch.float32 else FLOAT64_LIMIT
         if isinstance(data, str | Path):
-            values, labels, shape = read_array_file(data)
+            values, labels, shape = read_array_file(data, max_abs)
             self.source = str(data)
         else:
-            values, shape = _check_array(np.asarray(data), "the data array")
+            values, shape = _check_array(np.asarray(data), "the data array", max_abs)
             labels, self.source = None, "array"
         d = values.shape[1]
         side = math.isqrt(d)
@@ -542,7 +566,9 @@ class VariationalAutoencoder(_AmortizedModel):
         ),
         Option("flows", positive_int, 4, "IAF layers of the iaf guide"),
         Option("test_fraction", _fraction, 0.2, "fraction of the data held out as the test set"),
-        Option("split_seed", int, 0, "seed of the train/test split (and the dequantisation)"),
+        Option(
+            "split_seed", seed_value, 0, "seed of the train/test split (and the dequantisation)"
+        ),
         Option("test_particles", positive_int, 1000, "K of the test-set IWAE in the summary"),
     )
     guides = ("gaussian", "iaf")
@@ -659,9 +685,9 @@ class LinearVAE(_AmortizedModel):
             choices=("random", "ml", "ml-rotated"),
         ),
         Option("train_decoder", boolean, True, "train W, mu, sigma (false: encoder only)"),
-        Option("rotation_seed", int, 0, "seed of the rotation R of --init ml-rotated"),
+        Option("rotation_seed", seed_value, 0, "seed of the rotation R of --init ml-rotated"),
         Option("test_fraction", _fraction, 0.2, "fraction of the data held out as the test set"),
-        Option("split_seed", int, 0, "seed of the train/test split"),
+        Option("split_seed", seed_value, 0, "seed of the train/test split"),
         Option("test_particles", positive_int, 1000, "K of the test-set IWAE in the summary"),
     )
     guides = ("full-covariance", "diagonal")
@@ -780,6 +806,14 @@ class LinearVAE(_AmortizedModel):
 
     def log_evidence(self) -> float:
         return float(self.point_log_evidence().sum())
+
+    def exact_elbo(self, guide: AmortizedGuide, guide_name: str) -> float:
+        """log p(x) minus the closed-form KL(q(z | x_n) || p(z | x_n)) of every row."""
+        return self.log_evidence() - float(self.analytic_gap(guide).sum())
+
+    def max_log_evidence(self) -> float:
+        """The closed-form maximum-likelihood pPCA log-likelihood (Tipping & Bishop 1999)."""
+        return float(self.ml["log_likelihood"])
 
     def best_elbo(self, guide: str) -> float | None:
         if guide == "full-covariance":
