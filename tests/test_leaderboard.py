@@ -68,4 +68,3 @@ def test_one_line_reasons():
     assert leaderboard.one_line(ZooError("bad option --x")) == "bad option --x"
     assert leaderboard.one_line(ValueError("a\nb")) == "ValueError: a"
     assert leaderboard.one_line(MemoryError()) == "MemoryError"
-
