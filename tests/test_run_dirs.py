@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import zoo
-from zoo import outputs, runner
+from zoo import outputs, runner, stored_runs
 from zoo.errors import ZooError
 from zoo.outputs import RunInterrupted
 from zoo.run import main
@@ -312,7 +312,7 @@ _ENTRY = st.recursive(
 
 
 @settings(max_examples=60, deadline=None)
-@given(key=st.sampled_from((*runner._CHECKPOINT_KEYS, "params.one", "optim.one")), value=_ENTRY)
+@given(key=st.sampled_from((*stored_runs.CHECKPOINT_KEYS, "params.one", "optim.one")), value=_ENTRY)
 def test_corrupted_checkpoint_entries_are_a_zoo_error(template, key, value):
     run_dir = template.parent / "fuzz-entries"
     if not run_dir.exists():

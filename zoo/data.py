@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from zoo.errors import DataError
+from zoo.errors import DataError, first_line
 
 #: largest magnitude a float64 model accepts by default: products of a few powers of the data
 #: stay finite and the models' fits converge (measured: the mixture, diffusion and linear-VAE
@@ -56,12 +56,6 @@ READ_ERRORS: tuple[type[BaseException], ...] = (
     IndexError,
     TypeError,
 )
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type's name when it has none)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,6 +30,14 @@ class NonFiniteLossError(ZooError):
         super().__init__(msg + (f" ({detail})" if detail else ""))
 
 
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (its type's name when it has none), cut to
+    ``limit`` characters where given."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if limit is None or len(line) <= limit else line[: limit - 3] + "..."
+
+
 def available_memory() -> int | None:
     """Bytes of memory available to new allocations (Linux's MemAvailable), if known."""
     try:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from zoo.errors import ZooError
+from zoo.errors import ZooError, first_line
 from zoo.outputs import default_run_dir
 from zoo.registry import get_model, model_names
 from zoo.runner import fit
@@ -126,10 +126,10 @@ def _failed_row(name: str, overrides: Mapping[str, Any], exc: Exception) -> dict
 
 def one_line(exc: BaseException) -> str:
     """An exception as one line: a ZooError's message, else its type and first line."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, ZooError):
-        return text or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    line = first_line(exc)
+    if isinstance(exc, ZooError) or line == type(exc).__name__:
+        return line
+    return f"{type(exc).__name__}: {line}"
 
 
 def format_table(table: pd.DataFrame) -> str:

@@ -50,8 +50,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from zoo.data import READ_ERRORS, check_dtype, check_header, first_line, validate_csr
-from zoo.errors import DataError
+from zoo.data import READ_ERRORS, check_dtype, check_header, validate_csr
+from zoo.errors import DataError, first_line
 
 PBMC_FILE = "10x_pbmc68k_reduced.h5ad"
 #: pip command that makes the bundled data available without scanpy's dependencies

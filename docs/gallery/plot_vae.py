@@ -86,7 +86,9 @@ figures = result.figures()
 # Four inverse autoregressive flow layers on top of the Gaussian encoder (``guide="iaf"``),
 # conditioned on the encoder's hidden features, trained for the same number of steps. q(z | x)
 # is no longer Gaussian, so it can follow the true posterior more closely, and the gap between
-# the two bounds, a lower bound on KL(q || p(z | x)), shrinks.
+# the two bounds, a lower bound on KL(q || p(z | x)), can shrink: trained long enough (the full
+# build), it does (1.11 -> 0.75 nats per image in the benchmarks); a quick build's flow may not
+# have caught up yet. The last line reports what this build's runs show.
 flow = zoo.fit("vae", guide="iaf", **SETTINGS)
 for name, r in (("gaussian", result), ("iaf", flow)):
     t = r.summary["test"]["per_point"]
@@ -94,3 +96,12 @@ for name, r in (("gaussian", result), ("iaf", flow)):
         f"{name:<9} test ELBO {t['elbo']:8.3f}  IWAE {t['iwae']:8.3f}  "
         f"IWAE - ELBO {t['iwae_minus_elbo']:.3f} nats per image"
     )
+gaps = [r.summary["test"]["per_point"]["iwae_minus_elbo"] for r in (result, flow)]
+print(
+    f"after {STEPS} steps the flow's IWAE - ELBO is {gaps[1] - gaps[0]:+.3f} nats per image "
+    + (
+        "below the Gaussian encoder's"
+        if gaps[1] < gaps[0]
+        else "from the Gaussian's: not yet smaller"
+    )
+)
