@@ -99,6 +99,9 @@ def test_the_models_that_know_a_closed_form_elbo_report_it():
         ("free-energy-learning", "gaussian"),
         ("linear-vae", "diagonal"),
         ("linear-vae", "full-covariance"),
+        ("predictive-coding", "mean-field"),
+        ("predictive-coding", "full-rank"),
+        ("ising", "mean-field"),
     }
     for name, guide in sorted(want):
         r = zoo.fit(name, guide=guide, quick=True, steps=2, eval_particles=100, progress=False)

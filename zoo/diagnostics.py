@@ -67,6 +67,8 @@ class Diagnostics:
     #: max over the model's parameters theta of log p(x | theta), where the model knows it
     #: (a closed-form or type-II maximum): the fit's shortfall is measured from it
     max_log_evidence: float | None = None
+    #: what ``max_log_evidence`` is (an exact maximum, the best of several EM restarts...)
+    max_log_evidence_label: str = "max over theta of log p(x)"
     #: False for a point-mass guide: its objective log p(x, z*) drops the entropy of q
     #: (which is -inf for a point mass) and is not a lower bound on log p(x)
     elbo_is_bound: bool = True
@@ -497,6 +499,7 @@ def evaluate(
         best_elbo=None if best is None else float(best),
         exact_elbo=None if exact is None else float(exact),
         max_log_evidence=None if top is None else float(top),
+        max_log_evidence_label=zoo_model.maximum_label,
         elbo_is_bound=first.is_bound,
         khat_threshold=khat_threshold(num),
     )

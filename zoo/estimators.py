@@ -2,8 +2,9 @@
 
 ``trace`` (:class:`pyro.infer.Trace_ELBO`) is the default. A model may name a better one for
 some guide (``meanfield`` for analytic KL terms, ``enum`` to sum out discrete latents exactly),
-and the user may pick any of them. ``iwae`` is the importance-weighted bound of Burda et al.
-(2016), :class:`pyro.infer.RenyiELBO` with ``alpha=0``.
+and the user may pick any of those the model declares in ``ZooModel.estimators`` (``enum``
+only where there are discrete latents to sum out). ``iwae`` is the importance-weighted bound of
+Burda et al. (2016), :class:`pyro.infer.RenyiELBO` with ``alpha=0``.
 """
 
 from __future__ import annotations

@@ -184,6 +184,12 @@ class ZooModel:
     default_elbo: ClassVar[str] = "trace"
     #: a better estimator for a particular guide, e.g. ``{"mean-field": "meanfield"}``
     elbo_for_guide: ClassVar[dict[str, str]] = {}
+    #: the estimators that apply to this model (names in :data:`zoo.estimators.ESTIMATORS`):
+    #: the command line's ``--elbo`` choices and what :func:`zoo.fit` accepts. The default
+    #: suits continuous latents with reparameterised guides; a model with discrete latents
+    #: drops ``meanfield`` (it needs reparameterised, mean-field guides) and adds ``enum``
+    #: where its discrete sites can be enumerated. ``iwae`` needs 2 or more particles.
+    estimators: ClassVar[tuple[str, ...]] = ("trace", "meanfield", "graph", "iwae")
     training: ClassVar[Training] = Training()
     #: settings for particular guides, e.g. ``{"exact": Training(steps=200)}``
     training_for_guide: ClassVar[dict[str, Training]] = {}
@@ -271,6 +277,9 @@ class ZooModel:
         where the model can compute it; the report leads with it and keeps the Monte Carlo
         estimate beside it as a check. None elsewhere."""
         return None
+
+    #: what :meth:`max_log_evidence` is, as the report labels it
+    maximum_label: ClassVar[str] = "max over theta of log p(x)"
 
     def max_log_evidence(self) -> float | None:
         """max over the model's parameters theta of log p(x | theta), where known exactly (a

@@ -1,5 +1,7 @@
 """Command line: ``python -m zoo.run <model> [options]``, ``all [--quick]``, ``--list``.
 
+Installed, the same command is the ``elbo-zoo`` console script (``elbo-zoo gmm --quick``).
+
 A thin layer over :func:`zoo.fit`: it parses options, picks a run directory under ``runs/``,
 saves the run and prints its diagnostics. Every user error (unknown model, bad value,
 unreadable data file, a run whose loss became non-finite) is one line on stderr and exit
@@ -12,13 +14,15 @@ import argparse
 import math
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
 
+from zoo.config_file import RUN_CONFIG, parser_defaults, read_config_file, to_toml
 from zoo.errors import ZooError, out_of_memory
-from zoo.estimators import ESTIMATORS
+from zoo.live_logs import RunFile, RunLogger, TensorBoardLogger, logging_to
 from zoo.model import (
     ZooModel,
     non_negative_int,
@@ -26,7 +30,7 @@ from zoo.model import (
     positive_int,
     seed_value,
 )
-from zoo.outputs import RunInterrupted, default_run_dir
+from zoo.outputs import RESUME_COMMAND, RunInterrupted, default_run_dir
 from zoo.psis import MIN_DRAWS
 from zoo.registry import get_model, model_names
 from zoo.results import FitResult
@@ -42,6 +46,7 @@ from zoo.runner import (
     thread_count,
 )
 
+#: the command's name in its messages (``elbo-zoo`` when run as the console script)
 PROG = "python -m zoo.run"
 
 
@@ -91,8 +96,18 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="random seed in [0, 2**32) (default 0)",
     )
     run.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    run.add_argument("--quick", action="store_true", help="a short run (smoke tests, CI)")
-    run.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+    run.add_argument(
+        "--quick",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="a short run (smoke tests, CI)",
+    )
+    run.add_argument(
+        "--quiet",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="no progress bar, no summary",
+    )
     run.add_argument(
         "--threads",
         type=_arg(thread_count, "int"),
@@ -101,7 +116,30 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--out", type=Path, default=Path("runs"), help="root of run directories")
     run.add_argument("--run-dir", type=Path, help="exact directory for this run's outputs")
     run.add_argument(
-        "--overwrite", action="store_true", help="replace a finished --run-dir, on success"
+        "--overwrite",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="replace a finished --run-dir, on success",
+    )
+
+
+def _add_file_options(parser: argparse.ArgumentParser) -> None:
+    """--config and --tensorboard (a model's parser)."""
+    files = parser.add_argument_group("configuration file and live logs")
+    files.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="this run's options from a TOML file (YAML with PyYAML): keys are the long "
+        "option names (steps, lr-final-factor...); flags given here override it; recorded "
+        f"in the run directory as {RUN_CONFIG}",
+    )
+    files.add_argument(
+        "--tensorboard",
+        type=Path,
+        metavar="DIR",
+        help="log the ELBO, its terms and the gap to TensorBoard under DIR/<model>/<run-id> "
+        "(needs: pip install tensorboard); history.csv is written as the run goes either way",
     )
 
 
@@ -112,7 +150,9 @@ def _add_training_options(parser: argparse.ArgumentParser, cls: type[ZooModel]) 
         "--guide", choices=cls.guides, help=f"variational family (default {cls.default_guide})"
     )
     train.add_argument(
-        "--elbo", choices=list(ESTIMATORS), help=f"ELBO estimator (default {cls.default_elbo})"
+        "--elbo",
+        choices=list(cls.estimators),
+        help=f"ELBO estimator, of those that apply to {cls.name} (default {cls.default_elbo})",
     )
     methods = METHODS if cls.has_closed_form() else ("svi",)
     closed = f"; closed-form = {cls.closed_form_name}" if cls.has_closed_form() else ""
@@ -172,7 +212,7 @@ def _add_training_options(parser: argparse.ArgumentParser, cls: type[ZooModel]) 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog=PROG,
+        prog=PROG,  # read at call time: elbo-zoo as the console script
         description="Train a zoo model with SVI and compare its ELBO with the exact log evidence.",
     )
     parser.add_argument("--list", action="store_true", help="list the models and exit")
@@ -181,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", dest="resume_steps", type=_positive_int, metavar="N", help=_STEPS_HELP
     )
     parser.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--tensorboard",
+        type=Path,
+        metavar="DIR",
+        help="with --resume DIR: log the ELBO, its terms and the gap to TensorBoard",
+    )
     sub = parser.add_subparsers(dest="command", metavar="<model>|all", parser_class=_Parser)
     every = sub.add_parser("all", help="every model, then a leaderboard")
     _add_run_options(every)
@@ -189,7 +235,45 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=cls.title, description=f"{cls.title}. {cls.reference}")
         _add_run_options(p)
         _add_training_options(p, cls)
+        _add_file_options(p)
     return parser
+
+
+def _model_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The sub-parser of the model ``name``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]
+    raise KeyError(name)
+
+
+def _with_config_file(
+    parser: argparse.ArgumentParser, argv: list[str], args: argparse.Namespace
+) -> argparse.Namespace:
+    """Parse ``argv`` again with ``--config``'s values as the model parser's defaults (each
+    converted and checked as on the command line; flags given override them), and keep the
+    file's content as ``args.config_entries``."""
+    entries = read_config_file(args.config)
+    sub = _model_parser(parser, args.command)
+    sub.set_defaults(**parser_defaults(sub, entries, source=args.config, command=args.command))
+    parsed = parser.parse_args(argv)
+    parsed.config_entries = entries
+    return parsed
+
+
+def _config_record(args: argparse.Namespace) -> RunFile:
+    """The run's --config file, as TOML, for its run directory."""
+    entries = {"model": args.command, **args.config_entries}
+    comment = f"this run's options from --config {args.config}; flags on the command line took"
+    comment += "\nprecedence over them, and config.json records the settings the run used"
+    return RunFile(RUN_CONFIG, to_toml(entries, comment=comment).encode())
+
+
+def _tensorboard(root: Path | None, model: str, run_dir: Path) -> list[RunLogger]:
+    """--tensorboard DIR: a logger writing to DIR/<model>/<run-id> (none without the flag)."""
+    if root is None:
+        return []
+    return [TensorBoardLogger(root / model / Path(run_dir).resolve().name)]
 
 
 def _print_list() -> None:
@@ -256,8 +340,8 @@ def format_result(result: FitResult, run_dir: Path | None = None) -> str:
     row("exact log evidence", d.log_evidence)
     row("gap log p(x) - ELBO", d.gap, d.gap_se)
     row("best ELBO of the family", d.best_elbo)
-    row("max over theta of log p(x)", d.max_log_evidence)
-    row("shortfall from the maximum", d.shortfall)
+    row(d.max_log_evidence_label, d.max_log_evidence)
+    row("shortfall from it", d.shortfall)
     if math.isfinite(d.iwae):
         row(f"IWAE ({d.iwae_scope})", d.iwae, d.iwae_se)
     row("expected log-likelihood", d.expected_log_likelihood, d.expected_log_likelihood_se)
@@ -284,18 +368,32 @@ _STEPS_HELP = (
     "refused); the learning-rate decay goes on at the run's rate"
 )
 #: the options --resume takes; the run's config.json fixes every other
-_RESUME_OPTIONS = {"command", "list", "resume", "resume_steps", "steps", "data", "threads", "quiet"}
+_RESUME_OPTIONS = {
+    *("command", "list", "resume", "resume_steps", "steps", "data", "threads", "quiet"),
+    "tensorboard",
+}
 
 
 def _run_model(args: argparse.Namespace) -> None:
     """Train one model (or, with --resume, continue a run of it) and print its summary."""
     cls = get_model(args.command)
     if args.resume is not None:
+        if args.config is not None:
+            raise ZooError(
+                "--config does not apply to --resume: the run's config.json fixes its options"
+            )
         _refuse_fixed_options(args)
         if args.threads is not None:
             torch.set_num_threads(args.threads)
         data = getattr(args, "data", None)
-        _resume(args.resume, args.quiet, steps=args.steps, model=cls.name, data=data)
+        _resume(
+            args.resume,
+            args.quiet,
+            steps=args.steps,
+            model=cls.name,
+            data=data,
+            tensorboard=args.tensorboard,
+        )
         return
     options = {opt.name: getattr(args, opt.name) for opt in cls.options}
     options = {k: v for k, v in options.items() if v is not None}
@@ -306,37 +404,48 @@ def _run_model(args: argparse.Namespace) -> None:
         run_dir = default_run_dir(cls.name, args.seed, args.out)
         created.insert(0, run_dir)
     try:
-        result = fit(
-            cls.name,
-            getattr(args, "data", None),
-            guide=args.guide,
-            elbo=args.elbo,
-            method=args.method,
-            steps=args.steps,
-            lr=args.lr,
-            lr_final_factor=args.lr_final_factor,
-            particles=args.particles,
-            batch_size=getattr(args, "batch_size", None),
-            seed=args.seed,
-            device=args.device,
-            quick=args.quick,
-            eval_particles=args.eval_particles,
-            record_every=args.record_every,
-            checkpoint_every=args.checkpoint_every,
-            run_dir=run_dir,
-            overwrite=getattr(args, "overwrite", False),
-            progress=False if args.quiet else None,
-            threads=args.threads,
-            kl_warmup=args.kl_warmup,
-            local_steps=getattr(args, "local_steps", None),
-            **options,
-        )
+        loggers = _tensorboard(args.tensorboard, cls.name, run_dir)
+        if args.config is not None:
+            loggers.append(_config_record(args))
+        with logging_to(*loggers):
+            result = _fit_model(args, cls, run_dir, options)
     except BaseException as exc:
         if not (isinstance(exc, RunInterrupted) and exc.run_dir is not None):
             _remove_created(created)
         raise
     if not args.quiet:
         print(format_result(result, run_dir))
+
+
+def _fit_model(
+    args: argparse.Namespace, cls: type[ZooModel], run_dir: Path, options: dict[str, Any]
+) -> FitResult:
+    """:func:`zoo.fit` with the command line's settings."""
+    return fit(
+        cls.name,
+        getattr(args, "data", None),
+        guide=args.guide,
+        elbo=args.elbo,
+        method=args.method,
+        steps=args.steps,
+        lr=args.lr,
+        lr_final_factor=args.lr_final_factor,
+        particles=args.particles,
+        batch_size=getattr(args, "batch_size", None),
+        seed=args.seed,
+        device=args.device,
+        quick=args.quick,
+        eval_particles=args.eval_particles,
+        record_every=args.record_every,
+        checkpoint_every=args.checkpoint_every,
+        run_dir=run_dir,
+        overwrite=getattr(args, "overwrite", False),
+        progress=False if args.quiet else None,
+        threads=args.threads,
+        kl_warmup=args.kl_warmup,
+        local_steps=getattr(args, "local_steps", None),
+        **options,
+    )
 
 
 def _remove_created(created: list[Path]) -> None:
@@ -360,7 +469,7 @@ def _refuse_fixed_options(args: argparse.Namespace) -> None:
             flag = "--" + name.replace("_", "-")
             raise ZooError(
                 f"{flag} does not apply to --resume: the run's config.json fixes it "
-                "(--resume takes --steps, --data, --threads and --quiet)"
+                "(--resume takes --steps, --data, --threads, --quiet and --tensorboard)"
             )
 
 
@@ -371,8 +480,10 @@ def _resume(
     steps: int | None = None,
     model: str | None = None,
     data: str | None = None,
+    tensorboard: Path | None = None,
 ) -> None:
-    """Continue the run in ``run_dir`` (of ``model``, when the command named one)."""
+    """Continue the run in ``run_dir`` (of ``model``, when the command named one); its
+    ``run_config.toml``, where it has one, goes on with it."""
     config = read_config(run_dir)
     if model is not None and config.model != model:
         raise ZooError(
@@ -384,22 +495,36 @@ def _resume(
         if steps >= reached:
             verb = "extending" if steps > config.steps else "ending"
             print(f"{verb} the run in {run_dir} at step {steps} (it planned {config.steps})")
-    result = resume(run_dir, steps=steps, data=data, progress=False if quiet else None)
+    loggers = _tensorboard(tensorboard, config.model, Path(run_dir))
+    record = Path(run_dir) / RUN_CONFIG
+    if record.is_file():  # a finished run is continued beside itself: its record goes along
+        loggers.append(RunFile(RUN_CONFIG, record.read_bytes()))
+    with logging_to(*loggers):
+        result = resume(run_dir, steps=steps, data=data, progress=False if quiet else None)
     if not quiet:
         print(format_result(result, run_dir))
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings on the command line as one line each, like its errors."""
+    text = str(message).strip()
+    return f"{PROG}: warning: {text.splitlines()[0] if text else category.__name__}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    warnings.formatwarning = _one_line_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "config", None) is not None and args.command not in (None, "all"):
+            args = _with_config_file(parser, argv, args)
         if args.list:
             _print_list()
         elif args.resume_steps is not None and (args.command or args.resume is None):
             parser.error("--steps before the model name goes with --resume DIR only")
         elif args.command is None and args.resume is not None:
-            _resume(args.resume, args.quiet, steps=args.resume_steps)
+            _resume(args.resume, args.quiet, steps=args.resume_steps, tensorboard=args.tensorboard)
         elif args.command is None:
             parser.error("name a model, all, --list or --resume DIR")
         elif args.command == "all":
@@ -438,9 +563,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:  # a run says where its last checkpoint is
         message = str(exc) if isinstance(exc, RunInterrupted) else "interrupted"
+        message = message.replace(RESUME_COMMAND, f"{PROG} --resume")
         sys.stderr.write(f"{PROG}: {message}\n")
         return 130
     return 0
+
+
+def console_main() -> None:
+    """The ``elbo-zoo`` console script: :func:`main`, with messages under that name."""
+    global PROG
+    PROG = "elbo-zoo"
+    sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from zoo.data_blocks import data_blocks, on_block
 from zoo.diagnostics import evaluate, quick_terms
 from zoo.errors import NonFiniteLossError, ZooError, first_line
 from zoo.estimators import ESTIMATORS, make_estimator, prepare_guide
+from zoo.live_logs import LiveLogs
 from zoo.model import ZooModel, positive_int, seed_value
 from zoo.outputs import (
     CHECKPOINT,
@@ -391,6 +392,11 @@ def _make_config(zoo_model: ZooModel, *, data: Any, **kw: Any) -> RunConfig:
     elbo = kw["elbo"] or m.elbo_for_guide.get(guide, m.default_elbo)
     if elbo not in ESTIMATORS:
         raise ZooError(f"unknown estimator {elbo!r}; choose from {', '.join(ESTIMATORS)}")
+    if elbo not in m.estimators:
+        raise ZooError(
+            f"estimator {elbo!r} does not apply to model {m.name!r}; "
+            f"choose from {', '.join(m.estimators)}"
+        )
     if method == "closed-form":
         default = max(10, t.closed_form_steps // 5) if kw["quick"] else t.closed_form_steps
     else:
@@ -405,6 +411,8 @@ def _make_config(zoo_model: ZooModel, *, data: Any, **kw: Any) -> RunConfig:
     particles = _positive_int(
         t.particles if kw["particles"] is None else kw["particles"], "particles"
     )
+    if elbo == "iwae" and method == "svi" and particles < 2:
+        raise ZooError("the iwae estimator needs --particles of at least 2")
     batch = kw["batch_size"] if kw["batch_size"] is not None else t.batch_size
     if batch is not None:
         batch = _positive_int(batch, "batch_size")
@@ -419,6 +427,13 @@ def _make_config(zoo_model: ZooModel, *, data: Any, **kw: Any) -> RunConfig:
     record = kw["record_every"]
     if record is None:
         record = 1 if method == "closed-form" else max(1, steps // t.records)
+        if method == "svi" and batch is not None:
+            # a record scores trace_particles particles of every point, a step `particles` of
+            # one batch: on large data space the records so that they cost at most four
+            # times the training steps between them (200,000 points in batches of 1000: a
+            # record every 800 steps instead of most of the run's time)
+            work = kw["trace_particles"] * m.num_data / (particles * batch)
+            record = max(record, math.ceil(work / 4))
     record = _positive_int(record, "record_every")
     kl_warmup = kw["kl_warmup"]
     if isinstance(kl_warmup, bool) or not isinstance(kl_warmup, int) or kl_warmup < 0:
@@ -515,6 +530,9 @@ def _check_optimizer_state(optim_state: dict[str, Any], params: dict[str, torch.
 
 class _Trainer:
     """One run: builds the guide and optimizer, loops, records, checkpoints, diagnoses."""
+
+    #: the live history.csv and loggers (:mod:`zoo.live_logs`), set when :meth:`run` starts
+    live: LiveLogs | None = None
 
     def __init__(self, zoo_model: ZooModel, config: RunConfig, run_dir: Path | None) -> None:
         self.model = zoo_model
@@ -633,6 +651,8 @@ class _Trainer:
         row["gap"] = row["log_evidence"] - row["elbo"]
         row["seconds"] = self.elapsed
         self.history.append(row)
+        if self.live is not None:  # history.csv and the loggers, as the run goes
+            self.live.record(self.history)
         return row
 
     def run(self, progress: bool | None, checkpoint: dict[str, Any] | None = None) -> FitResult:
@@ -640,6 +660,8 @@ class _Trainer:
         guide, svi, optim = self._build()
         self.guide = guide
         start = 0 if checkpoint is None else self._restore(checkpoint, optim)
+        self.live = LiveLogs(self.run_dir)
+        self.live.start(start, self.history)  # a resumed run: history.csv as its checkpoint's
         if progress is None:
             progress = sys.stderr.isatty()
         if start == 0:

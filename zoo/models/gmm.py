@@ -22,29 +22,40 @@ started from the same initialisation is the peer.
 
 Where the run starts: restarts
 ------------------------------
-EM climbs to a local maximum of log p(x | theta), and which one depends on where it starts
-(on iris with three components, one k-means++ start in ten ends 9.3 nats below the best). The
-model therefore tries ``n_init`` starts, each a k-means++ draw of K centres (Arthur &
-Vassilvitskii 2007) with every point assigned to its nearest centre and the weights, means and
-covariances of those clusters as the initial theta (scikit-learn's ``init_params="k-means++"``),
-runs cheap closed-form EM from each to a loose tolerance, continues the best to convergence, and
-starts the actual run (SVI or EM) from the best start: the short-runs strategy of Biernacki,
-Celeux & Govaert (2003), "Choosing starting values for the EM algorithm for getting the highest
-likelihood in multivariate Gaussian mixture models", Comput. Stat. Data Anal. 41, 561-575. The
-starts are drawn from ``init_seed``, by default the run's ``seed``: the same seed gives the same
-numbers. The summary reports every start's final log-likelihood and the run's shortfall from
-the best of them.
+EM climbs to a local maximum of log p(x | theta), and which one depends on where it starts: on
+iris with three components, about one start in twelve of the kind below misses the best
+maximum, and EM from k-means++ means with every component on the data's covariance misses it
+four times in five (9.3 nats below it from seed 0). The model therefore tries ``n_init``
+starts, each a k-means++ draw of K centres (Arthur & Vassilvitskii 2007) with every point
+assigned to its nearest centre and the weights, means and covariances of those clusters as the
+initial theta (scikit-learn's ``init_params="k-means++"``), runs cheap closed-form EM from each
+to a loose tolerance, continues the best to convergence, and starts the actual run (SVI or EM)
+from the best start: the short-runs strategy of Biernacki, Celeux & Govaert (2003), "Choosing
+starting values for the EM algorithm for getting the highest likelihood in multivariate
+Gaussian mixture models", Comput. Stat. Data Anal. 41, 561-575. The starts are drawn from
+``init_seed``, by default the run's ``seed``: the same seed gives the same numbers. The summary
+reports every start's final log-likelihood and the run's shortfall from the best of them.
 
 Degenerate components
 ---------------------
 The likelihood of a full-covariance mixture is unbounded: a component that shrinks onto fewer
 than D + 1 points has a singular covariance and an infinite density there (Day 1969, Biometrika
 56, 463-474; PRML §9.2.1). A start whose EM collapses a component (no responsibility left, a
-covariance whose Cholesky factorisation fails, or a variance in some direction below
-:data:`SINGULAR_VARIANCE` times the data's own variance in that direction) is discarded with one
+covariance whose Cholesky factorisation fails, or min over directions v of
+v' Sigma_k v / v' Sigma_data v below :data:`SINGULAR_VARIANCE`) is discarded with one
 :class:`CollapsedStartWarning`; only when every start collapses is the run refused, with a
 one-line :class:`CollapsedComponentError` naming the component and suggesting ``--reg-covar``
-(added to every covariance's diagonal in the M-step) or fewer components.
+(added to every covariance's diagonal in the M-step) or fewer components. The run's own EM
+steps raise the same error, and SVI, which has no M-step to regularise, refuses parameters
+with a collapsed component before each step (:meth:`GaussianMixture.on_step`).
+
+Many points
+-----------
+The labels z_n are the only latents and live in the data plate, so the runner and the
+diagnostics pass over the data a block of points at a time (``data_block_size``, smaller in
+many dimensions) with particle chunks sized to the D x D factor the model gathers per
+(particle, point) pair (``eval_chunk_budget``): memory does not grow with the number of points
+beyond the data themselves and the (N, K) responsibilities of an EM step.
 """
 
 from __future__ import annotations
@@ -77,9 +88,15 @@ SCREEN_MAX_ITER = 1000
 #: log-likelihood (this many ulps of its absolute terms), or this many more iterations
 POLISH_ULPS = 64
 POLISH_MAX_ITER = 5000
-#: (particle, data point) pairs per chunk of the diagnostics: the model holds a D x D scale
-#: factor and a mean per pair; a chunk of this many bytes
+#: bytes one chunk of a pass over the data may take: the model gathers a D x D scale factor
+#: and a mean per (particle, point) pair (measured 2.0-2.8 x 8 D^2 bytes a pair for D = 4-20;
+#: budgeted as 4 x 8 (D^2 + D + K))
 CHUNK_BYTES = 1 << 27
+#: particles of a history record (the runner's ``trace_particles``): a record traces a whole
+#: block with this many particles at once
+RECORD_PARTICLES = 16
+#: the most EM starts one run may ask for
+MAX_N_INIT = 1000
 
 
 def non_negative_float(value: Any) -> float:
@@ -89,6 +106,14 @@ def non_negative_float(value: Any) -> float:
     number = float(value)
     if not (math.isfinite(number) and number >= 0):
         raise ValueError(f"{value!r} is not a finite number >= 0")
+    return number
+
+
+def n_init_value(value: Any) -> int:
+    """An option type: the number of EM starts, an integer in [1, :data:`MAX_N_INIT`]."""
+    number = positive_int(value)
+    if number > MAX_N_INIT:
+        raise ValueError(f"{value!r} is more than {MAX_N_INIT} starts")
     return number
 
 
@@ -153,7 +178,9 @@ def component_log_joint(
     return weights.log() + torch.stack(columns, dim=-1)
 
 
-def _whitened_min_variance(scale_trils: torch.Tensor, data_scale_tril: torch.Tensor):
+def _whitened_min_variance(
+    scale_trils: torch.Tensor, data_scale_tril: torch.Tensor
+) -> torch.Tensor:
     """min over directions v of v' Sigma_k v / v' Sigma_data v, per component k."""
     a = torch.linalg.solve_triangular(data_scale_tril, scale_trils, upper=False)
     return torch.linalg.svdvals(a).amin(-1).square()
@@ -204,7 +231,7 @@ def em_update(
     return weights, locs, scale_trils
 
 
-def log_likelihood(x: torch.Tensor, log_joint: torch.Tensor) -> float:
+def log_likelihood(log_joint: torch.Tensor) -> float:
     """log p(x | theta) = sum_n log sum_k pi_k N(x_n | mu_k, Sigma_k), from ``log_joint``."""
     return torch.logsumexp(log_joint, -1).sum().item()
 
@@ -232,9 +259,11 @@ def fit_em(
     max_iter: int = SCREEN_MAX_ITER,
     data_scale_tril: torch.Tensor | None = None,
 ) -> EMFit:
-    """Closed-form EM from theta until one iteration raises log p(x | theta) by at most ``tol``
-    nats (total over the points), or ``max_iter`` iterations. ``tol=None``: until the gain is
-    rounding error (:data:`POLISH_ULPS` ulps of sum_n |log p(x_n | theta)|).
+    """Closed-form EM from theta until one iteration changes log p(x | theta) by at most ``tol``
+    nats (total over the points), or ``max_iter`` iterations. ``tol=None``: until the change is
+    rounding error (:data:`POLISH_ULPS` ulps of sum_n |log p(x_n | theta)|). With
+    ``reg_covar`` = 0 every iteration raises log p(x | theta) (Dempster et al. 1977); with
+    ``reg_covar`` > 0 the M-step is no longer its argmax and the change may be negative.
 
     Raises :class:`CollapsedComponentError` (with the iteration) where a component collapses.
     """
@@ -257,7 +286,7 @@ def fit_em(
             raise CollapsedComponentError(k, len(weights), reason, iteration=iteration)
         gain, ll = new - ll, new
         limit = tol if tol is not None else POLISH_ULPS * 2.0**-52 * point_ll.abs().sum().item()
-        if gain <= limit:
+        if abs(gain) <= limit:  # with reg_covar > 0 EM need not raise log p(x | theta)
             converged = True
             break
     return EMFit(weights, locs, scale_trils, ll, iteration, converged)
@@ -369,7 +398,7 @@ class GaussianMixture(ZooModel):
         Option("data_seed", int, 0, "seed of the synthetic data set"),
         Option(
             "n_init",
-            positive_int,
+            n_init_value,
             10,
             "k-means++ starts, each followed by closed-form EM; the run starts from the best "
             "(1: a single start, no restarts)",
@@ -392,12 +421,15 @@ class GaussianMixture(ZooModel):
     guides = ("posterior",)
     default_guide = "posterior"
     default_elbo = "trace"
+    #: discrete labels: ``enum`` sums them out exactly; no ``meanfield`` (not reparameterised)
+    estimators = ("trace", "enum", "graph", "iwae")
     training = Training(
         steps=1500, lr=0.05, lr_final_factor=0.05, quick_steps=300, closed_form_steps=200
     )
     data_plate = "data"
-    #: every pass over all the points (records, diagnostics) goes a block at a time; the labels
-    #: z_n are the only latents and live in the data plate
+    #: every pass over all the points (records, diagnostics) goes a block at a time (the labels
+    #: z_n are the only latents and live in the data plate); fewer points per block in many
+    #: dimensions, see :meth:`setup`
     data_block_size = 8192
     closed_form_name = "EM"
     leaderboard = ({"method": "closed-form"}, {"elbo": "trace"}, {"elbo": "enum"})
@@ -446,8 +478,12 @@ class GaussianMixture(ZooModel):
         cov = np.cov(values, rowvar=False, bias=True).reshape(self.dim, self.dim)
         self.jitter = 1e-6 * np.trace(cov) / self.dim
         self.data_scale_tril = self.tensor(np.linalg.cholesky(cov + self.jitter * np.eye(self.dim)))
-        # the diagnostics hold a mean and a D x D scale factor per (particle, point) pair
-        pair_bytes = 8 * (self.dim * self.dim + self.dim + k) * 4
+        # passes over the data hold a mean and a D x D scale factor per (particle, point) pair:
+        # a record's RECORD_PARTICLES particles of one block, or a chunk of the diagnostics'
+        # particles, stay within CHUNK_BYTES
+        pair_bytes = 4 * 8 * (self.dim * self.dim + self.dim + k)
+        block = CHUNK_BYTES // (RECORD_PARTICLES * pair_bytes)
+        self.data_block_size = int(min(type(self).data_block_size, max(64, block)))
         self.eval_chunk_budget = max(2 * self.data_block_size, CHUNK_BYTES // pair_bytes)
         self.restarts: Restarts | None = None
 
@@ -469,10 +505,17 @@ class GaussianMixture(ZooModel):
             except CollapsedComponentError as exc:
                 starts.append(Start(s, None, error=exc))
                 continue
+            trils, info = torch.linalg.cholesky_ex(self.tensor(init["covariances"]))
+            if info.any():
+                k = int(info.nonzero()[0, 0])
+                reason = "its k-means++ cluster has a singular covariance"
+                error = CollapsedComponentError(k, self.num_components, reason)
+                starts.append(Start(s, None, error=error))
+                continue
             theta = {
                 "weights": self.tensor(init["weights"]),
                 "locs": self.tensor(init["locs"]),
-                "scale_trils": torch.linalg.cholesky(self.tensor(init["covariances"])),
+                "scale_trils": trils,
             }
             starts.append(Start(s, theta))
         restarts = Restarts(seed, starts)
@@ -544,6 +587,13 @@ class GaussianMixture(ZooModel):
             self.restarts = self.run_restarts(seed)
         return self.restarts.init
 
+    def restarts_in_use(self) -> Restarts:
+        """The starts the current parameters were created from (drawn now if none were)."""
+        if self.restarts is None:
+            self.initial_parameters()
+        assert self.restarts is not None
+        return self.restarts
+
     # -- the model and its guide ----------------------------------------------------------------
     def parameters(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # pyro.param adopts its initial tensor: hand it copies
@@ -583,11 +633,19 @@ class GaussianMixture(ZooModel):
             return component_log_joint(self.x, *(p.detach() for p in self.parameters()))
 
     def log_evidence(self) -> float:
-        return log_likelihood(self.x, self.log_joint())
+        return log_likelihood(self.log_joint())
 
     def best_elbo(self, guide: str) -> float | None:
         # the guide is the exact posterior given theta: its ELBO is the log-likelihood
         return self.log_evidence()
+
+    #: what :meth:`max_log_evidence` is: the best local maximum EM found, not a proven global
+    #: one (with ``reg_covar`` = 0 the likelihood is unbounded at degenerate components)
+    maximum_label = "best EM restart's log p(x)"
+
+    def max_log_evidence(self) -> float | None:
+        """The log-likelihood of the best EM restart, continued to convergence."""
+        return self.restarts_in_use().best_log_likelihood
 
     def on_step(self, step: int, total: int) -> None:
         """Before SVI step ``step``: refuse parameters with a collapsed component (one line).
@@ -643,7 +701,7 @@ class GaussianMixture(ZooModel):
         (the best start); None where scikit-learn's EM collapses a component."""
         from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
-        init = self.initial_parameters()
+        init = self.restarts_in_use().init
         init_covs = init["scale_trils"] @ init["scale_trils"].transpose(-1, -2)
         peer = SkGaussianMixture(
             n_components=self.num_components,
@@ -663,11 +721,16 @@ class GaussianMixture(ZooModel):
         return float(peer.score(x))
 
     def summary(self, guide) -> dict[str, Any]:
+        """The fitted theta and log-likelihood, the peer's, and the restarts: every start's
+        final log-likelihood (None where it collapsed; the best one continued to convergence)
+        and the run's shortfall from the best, best - log p(x | theta_fit) in nats. The
+        shortfall is >= 0 up to rounding for EM with ``reg_covar`` = 0, and 0 once the run
+        has had as many EM steps as the best start needed; SVI may end short of it, or above
+        it in another basin or on a component shrinking towards a singularity."""
         fitted = self.fitted()
         loglik = self.log_evidence()
-        self.initial_parameters()
-        restarts = self.restarts
-        assert restarts is not None
+        restarts = self.restarts_in_use()
+        starts = restarts.starts if restarts.screened else []
         best = restarts.best_log_likelihood
         return {
             "weights": fitted["weights"].tolist(),
@@ -679,19 +742,12 @@ class GaussianMixture(ZooModel):
             "component_points": (fitted["weights"] * self.num_data).tolist(),
             "peer_sklearn_log_likelihood_per_point": self.peer_log_likelihood(),
             "restart_seed": restarts.seed,
-            "restart_log_likelihoods": [s.log_likelihood for s in restarts.starts]
-            if restarts.screened
-            else [],
-            "restart_iterations": [s.iterations for s in restarts.starts]
-            if restarts.screened
-            else [],
+            "restart_log_likelihoods": [s.log_likelihood for s in starts],
+            "restart_iterations": [s.iterations for s in starts],
             "restarts_collapsed": sum(s.error is not None for s in restarts.starts),
             "best_restart": restarts.best,
             "best_restart_log_likelihood": best,
-            "best_restart_converged": restarts.starts[restarts.best].converged
-            if restarts.screened
-            else None,
-            # >= 0 up to rounding: EM from the best start, to convergence, minus this fit
+            "best_restart_converged": restarts.starts[restarts.best].converged if starts else None,
             "shortfall_from_best_restart": None if best is None else best - loglik,
         }
 

@@ -22,8 +22,8 @@ tau; its best member is the CAVI fixed point, q(mu) = N(mu_N, 1 / lambda_N') and
 q(tau) = Gamma(a_N', b_N') with a_N' = a0 + (N + 1) / 2. Its ELBO (:func:`mean_field_elbo`, in
 closed form) stays below log p(x) by KL(q || p(mu, tau | x)) > 0.
 
-Guides: ``mean-field`` is :class:`guides.prior_family.AutoPriorFamily` (a Normal factor for mu, a
-Gamma factor for tau: the family of the CAVI updates), trained by SVI or by CAVI
+Guides: ``mean-field`` is :class:`guides.prior_family.AutoPriorFamily` (a Normal factor for
+mu, a Gamma factor for tau: the family of the CAVI updates), trained by SVI or by CAVI
 (``method="closed-form"``); ``full-rank`` is a correlated Gaussian on (log tau, mu); ``exact``
 samples the Normal-Gamma posterior (tau, then mu given tau), so its ELBO is log p(x) exactly.
 
