@@ -94,6 +94,7 @@ def test_the_models_that_know_a_closed_form_elbo_report_it():
         ("bayes-linreg", "mean-field"),
         ("bayes-linreg", "full-rank"),
         ("normal-gamma", "mean-field"),
+        ("normal-gamma", "full-rank"),
         ("free-energy-perception", "gaussian"),
         ("free-energy-perception", "spline-flow"),
         ("free-energy-learning", "gaussian"),

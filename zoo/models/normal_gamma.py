@@ -381,12 +381,43 @@ class NormalGamma(ZooModel):
     # -- reading a fitted guide --------------------------------------------------------------------
     @torch.no_grad()
     def exact_elbo(self, guide: Any, guide_name: str) -> float | None:
-        """The mean-field (Normal x Gamma) guide's ELBO in closed form (:func:`mean_field_elbo`);
-        the exact guide's is log p(x)."""
+        """The mean-field (Normal x Gamma) guide's ELBO in closed form (:func:`mean_field_elbo`),
+        the full-rank guide's by quadrature (:meth:`full_rank_elbo`); the exact guide's is
+        log p(x)."""
         if self._is_exact(guide):
             return self.log_evidence()
+        if isinstance(guide, AutoMultivariateNormal):
+            return self.full_rank_elbo(guide)
         mf = self.fitted_mean_field(guide)
         return None if mf is None else mean_field_elbo(self.x.cpu().numpy(), self.prior, mf)
+
+    @torch.no_grad()
+    def full_rank_elbo(self, guide: AutoMultivariateNormal, nodes: int = 64) -> float:
+        """The full-rank guide's ELBO without Monte Carlo error. q is a Gaussian on
+        z = (log tau, mu), so ELBO = E_q[log p(x, mu, tau) + log tau] + H[q] (log tau: the
+        Jacobian of tau = exp(z_0)), and E_q is a product Gauss-Hermite rule of ``nodes`` per
+        axis in the whitened coordinates (the integrand is smooth: 64 nodes agree with 128 to
+        1e-10)."""
+        loc, cov = self._full_rank_normal(guide)
+        chol = np.linalg.cholesky(cov)
+        u, w = np.polynomial.hermite_e.hermegauss(nodes)
+        w = w / w.sum()
+        grid = np.stack(np.meshgrid(u, u, indexing="ij"), -1).reshape(-1, 2)
+        z = loc + grid @ chol.T
+        log_tau, mu = z[:, 0], z[:, 1]
+        tau = np.exp(log_tau)
+        x, p = self.x.cpu().numpy(), self.prior
+        n, mean = x.size, float(x.mean())
+        scatter = float(((x - mean) ** 2).sum())
+        log_joint = (
+            p.a * math.log(p.b) - gammaln(p.a) + (p.a - 1) * log_tau - p.b * tau
+            + 0.5 * (math.log(p.lam / (2 * math.pi)) + log_tau)
+            - 0.5 * p.lam * tau * (mu - p.mu) ** 2
+            + 0.5 * n * (log_tau - math.log(2 * math.pi))
+            - 0.5 * tau * (scatter + n * (mean - mu) ** 2)
+        )  # fmt: skip
+        entropy = 0.5 * math.log(np.linalg.det(2 * math.pi * math.e * cov))
+        return float(np.outer(w, w).ravel() @ (log_joint + log_tau) + entropy)
 
     def fitted_mean_field(self, guide: Any) -> MeanField | None:
         """q(mu) q(tau) of a mean-field guide, from the guide's own (this run's) parameters."""
