@@ -127,3 +127,25 @@ def test_divergence_without_nan_is_an_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "diverged" in err[0]
     assert not list(tmp_path.rglob("report.json"))
+
+
+def test_memory_guard_fails_an_oversized_allocation_at_once():
+    """Inside the guard an allocation beyond the memory available fails with MemoryError (a
+    one-line error on the command line) instead of being granted and killed later; the
+    process's limit is restored afterwards."""
+    import resource
+
+    import numpy as np
+
+    from zoo.memory import available_memory, memory_guard, out_of_memory
+
+    free = available_memory()
+    if free is None:
+        pytest.skip("no /proc/meminfo here")
+    before = resource.getrlimit(resource.RLIMIT_AS)
+    with memory_guard(), pytest.raises(MemoryError) as caught:
+        np.empty(free + 2**30, dtype=np.uint8)
+    assert resource.getrlimit(resource.RLIMIT_AS) == before
+    message = str(out_of_memory(caught.value))
+    assert message.startswith("out of memory") and "available here" in message
+    assert len(message.splitlines()) == 1

@@ -11,6 +11,7 @@ status 2, and leaves no report behind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import shutil
 import sys
@@ -21,8 +22,9 @@ from typing import Any, NoReturn
 import torch
 
 from zoo.config_file import RUN_CONFIG, parser_defaults, read_config_file, to_toml
-from zoo.errors import ZooError, out_of_memory
+from zoo.errors import ZooError
 from zoo.live_logs import RunFile, RunLogger, TensorBoardLogger, logging_to
+from zoo.memory import memory_guard, out_of_memory
 from zoo.model import (
     ZooModel,
     non_negative_int,
@@ -511,6 +513,13 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"{PROG}: warning: {text.splitlines()[0] if text else category.__name__}\n"
 
 
+def _memory_guard(args: argparse.Namespace) -> contextlib.AbstractContextManager[None]:
+    """A CPU run's allocations beyond the machine's memory fail at once, as one line
+    (:func:`zoo.memory.memory_guard`); CUDA runs are left alone."""
+    cpu = str(getattr(args, "device", "cpu")).startswith("cpu")
+    return memory_guard() if cpu else contextlib.nullcontext()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     warnings.formatwarning = _one_line_warning
@@ -532,14 +541,15 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.threads is not None:
                 torch.set_num_threads(args.threads)
-            table = run_all(
-                quick=args.quick,
-                seed=args.seed,
-                root=args.out,
-                device=args.device,
-                progress=False if args.quiet else None,
-                echo=not args.quiet,
-            )
+            with _memory_guard(args):
+                table = run_all(
+                    quick=args.quick,
+                    seed=args.seed,
+                    root=args.out,
+                    device=args.device,
+                    progress=False if args.quiet else None,
+                    echo=not args.quiet,
+                )
             failed = int((table["status"] != "ok").sum())
             if failed:
                 sys.stderr.write(
@@ -547,7 +557,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 return 1
         else:
-            _run_model(args)
+            with _memory_guard(args):
+                _run_model(args)
     except ZooError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return 2

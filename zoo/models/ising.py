@@ -55,7 +55,7 @@ import pyro.distributions as dist
 import torch
 
 from guides.autoregressive import AutoregressiveLatticeGuide, FactorisedLatticeGuide
-from zoo.errors import DataError, require_memory
+from zoo.errors import DataError
 from zoo.ising_exact import (
     BETA_C,
     adjacency,
@@ -67,6 +67,7 @@ from zoo.ising_exact import (
     thermodynamics,
     transfer_matrix_log_z,
 )
+from zoo.memory import require_memory
 from zoo.model import (
     Option,
     Training,
