@@ -33,6 +33,7 @@ COLUMNS = [
     "elbo",
     "elbo_se",
     "elbo_exact",
+    "best_elbo",
     "bound",
     "log_evidence",
     "gap",

@@ -327,6 +327,7 @@ class FitResult:
             "elbo": d.elbo,
             "elbo_se": d.elbo_se,
             "elbo_exact": d.exact_elbo,
+            "best_elbo": d.best_elbo,
             "log_evidence": d.log_evidence,
             "bound": d.elbo_is_bound,
             "gap": d.gap,
