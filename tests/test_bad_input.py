@@ -105,6 +105,10 @@ def test_run_options_parse_or_exit_2(flag, text):
         ["free-energy-learning", "--num-points", str(10**12)],
         ["free-energy-perception", "--sigma-p", "0"],
         ["diffusion", "--gamma-max", "nan"],
+        ["bayes-linreg", "--prior-scale", "1e-300"],  # a precision of 1e600: singular
+        ["predictive-coding", "--noise1", "1e12"],
+        ["gmm", "--data-seed", "-1"],
+        ["gmm", "--components", "0"],
         ["no-such-model"],
         ["normal-gamma", "--no-such-flag", "1"],
     ],

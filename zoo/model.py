@@ -25,6 +25,11 @@ What a subclass should provide where it exists
 - :meth:`local_step`: the closed-form optimum of the local factors of a guide, applied around
   every SVI step (for the guides in ``local_step_guides``).
 - :meth:`summary` and :meth:`plots`: fitted quantities and the model's own figures.
+- ``save_posterior_draws = True`` where the latent is a parameter vector (a few latents
+  overall, or one per group of a small hierarchy), so every run saves ArviZ data of its fitted
+  guide (:mod:`zoo.inference_data`: posterior draws, importance weights, pointwise
+  log-likelihood for ``arviz.loo``, the data), with :attr:`arviz_dims` naming the dims of its
+  sites and :meth:`arviz_coords` giving their coordinate values (school names, feature names).
 """
 
 from __future__ import annotations
@@ -35,9 +40,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 
-from zoo.errors import ZooError
+from zoo.errors import ZooError, first_line
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -216,7 +222,12 @@ class ZooModel:
     #: runs shown on the leaderboard of ``python -m zoo.run all``: overrides of the defaults
     leaderboard: ClassVar[tuple[dict[str, Any], ...]] = ({},)
     #: latents are a parameter vector (not one per data point): save posterior draws for ArviZ
+    #: (``posterior.nc``, :meth:`FitResult.to_inference_data`; see :mod:`zoo.inference_data`)
     save_posterior_draws: ClassVar[bool] = False
+    #: ArviZ dim names of the model's sites (latent and observed), the dims after (chain,
+    #: draw), plate dims first: ``{"theta": ("school",), "y": ("school",)}``. A site left out
+    #: takes its plates' names; unnamed event dims get ArviZ's ``<site>_dim_<k>``
+    arviz_dims: ClassVar[dict[str, tuple[str, ...]]] = {}
     #: what ``--data PATH`` accepts, when the model reads the user's own data file
     data_help: ClassVar[str | None] = None
 
@@ -231,7 +242,13 @@ class ZooModel:
         values = {name: opt.default for name, opt in known.items()}
         values.update({k: known[k].convert(v) for k, v in options.items() if v is not None})
         self.option_values = values
-        self.setup(data, **values)
+        try:
+            self.setup(data, **values)
+        except (torch.linalg.LinAlgError, np.linalg.LinAlgError) as exc:
+            raise ZooError(
+                f"model {self.name!r}: these options or data make a matrix singular in float64 "
+                f"({first_line(exc)}); use values nearer 1 or rescale the data"
+            ) from None
 
     # -- to implement -------------------------------------------------------------------------
     def setup(self, data: Any, **options: Any) -> None:
@@ -338,6 +355,11 @@ class ZooModel:
 
         The outputs layer saves them as ``<stem>.png``; the docs gallery shows them inline.
         """
+        return {}
+
+    def arviz_coords(self) -> dict[str, list[Any]]:
+        """Coordinate values of the dims named in :attr:`arviz_dims`, by dim (school names,
+        feature names); a dim left out is numbered 0, 1, ..."""
         return {}
 
     # -- helpers for subclasses ----------------------------------------------------------------

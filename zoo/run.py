@@ -19,10 +19,11 @@ import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
 import torch
 
 from zoo.config_file import RUN_CONFIG, parser_defaults, read_config_file, to_toml
-from zoo.errors import ZooError
+from zoo.errors import ZooError, first_line
 from zoo.live_logs import RunFile, RunLogger, TensorBoardLogger, logging_to
 from zoo.memory import memory_guard, out_of_memory
 from zoo.model import (
@@ -561,6 +562,12 @@ def main(argv: list[str] | None = None) -> int:
                 _run_model(args)
     except ZooError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return 2
+    except (torch.linalg.LinAlgError, np.linalg.LinAlgError) as exc:  # exact maths that failed
+        sys.stderr.write(
+            f"{PROG}: error: a matrix became singular in float64 ({first_line(exc)}): "
+            "the options or data are too extreme for the exact computations\n"
+        )
         return 2
     except (MemoryError, RuntimeError) as exc:  # an allocation the machine cannot make
         oom = out_of_memory(exc)

@@ -74,7 +74,7 @@ from pyro.distributions import constraints
 
 from zoo.data import read_numeric_table
 from zoo.errors import DataError, ZooError
-from zoo.model import Option, Training, ZooModel, positive_int
+from zoo.model import Option, Training, ZooModel, at_least, positive_int, seed_value
 from zoo.registry import register
 
 #: a component whose variance along some direction falls below this fraction of the data's
@@ -392,10 +392,10 @@ class GaussianMixture(ZooModel):
         "Biernacki, Celeux & Govaert (2003)"
     )
     options = (
-        Option("components", int, 3, "number of mixture components K"),
+        Option("components", positive_int, 3, "number of mixture components K"),
         Option("dataset", str, "synthetic", "bundled data set", choices=("synthetic", "iris")),
-        Option("num_points", int, 500, "points in the synthetic data set"),
-        Option("data_seed", int, 0, "seed of the synthetic data set"),
+        Option("num_points", at_least(2), 500, "points in the synthetic data set"),
+        Option("data_seed", seed_value, 0, "seed of the synthetic data set"),
         Option(
             "n_init",
             n_init_value,
