@@ -47,6 +47,7 @@ except ImportError:  # pragma: no cover  (not POSIX: no locking)
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from zoo.inference_data import PosteriorDraws
     from zoo.results import FitResult
 
 REPORT = "report.json"
@@ -103,15 +104,16 @@ def write_atomic(path: Path, payload: bytes) -> None:
         raise _write_error("write", path, exc) from None
 
 
-def to_inference_data(draws: dict[str, torch.Tensor | np.ndarray]) -> Any:
-    """Posterior draws (one chain) as ArviZ data, on ArviZ 0.x and 1.x alike."""
-    import arviz as az
+def to_inference_data(
+    draws: PosteriorDraws | dict[str, torch.Tensor | np.ndarray],
+    attrs: dict[str, Any] | None = None,
+) -> Any:
+    """ArviZ data of a run's posterior draws, on ArviZ 0.x and 1.x alike: every group from a
+    :class:`~zoo.inference_data.PosteriorDraws`, the posterior alone from a plain mapping of
+    site names to draws (see :func:`zoo.inference_data.to_inference_data`)."""
+    from zoo.inference_data import to_inference_data as convert
 
-    posterior = {name: np.asarray(value)[None] for name, value in draws.items()}
-    try:  # ArviZ 0.x: groups as keyword arguments, returns InferenceData
-        return az.from_dict(posterior=posterior)
-    except TypeError:  # ArviZ 1.x: one mapping of groups, returns a DataTree
-        return az.from_dict({"posterior": posterior})
+    return convert(draws, attrs)
 
 
 def netcdf_bytes(data: Any) -> bytes:
@@ -159,9 +161,8 @@ def save_run(result: FitResult, run_dir: Path) -> Path:
         write_atomic(path, table.to_csv(index=False).encode())
         files.append(path)
     if result.posterior_draws:
-        draws = {k: v.numpy() for k, v in result.posterior_draws.items()}
         path = run_dir / "posterior.nc"
-        write_atomic(path, netcdf_bytes(to_inference_data(draws)))
+        write_atomic(path, netcdf_bytes(result.to_inference_data()))
         files.append(path)
     report = result.report()
     report["files"] = sorted(str(Path(f).relative_to(run_dir)) for f in files)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -290,7 +290,9 @@ class FitResult:
     seconds: float
     param_state: dict[str, Any]
     summary: dict[str, Any] = field(default_factory=dict)
-    posterior_draws: dict[str, torch.Tensor] | None = None
+    #: draws from the fitted guide (a :class:`~zoo.inference_data.PosteriorDraws`: a mapping
+    #: of latent sites to draws), where the model's latent is a parameter vector
+    posterior_draws: Mapping[str, torch.Tensor] | None = None
     #: where :func:`zoo.fit` or :func:`zoo.resume` wrote this run whole (None: nowhere)
     run_dir: Path | None = None
 
@@ -351,6 +353,26 @@ class FitResult:
         self.activate()
         figures.update(self.model.plots(self))
         return figures
+
+    def to_inference_data(self) -> Any:
+        """The run's posterior draws as ArviZ data (Kumar et al. 2019, JOSS 4, 1143):
+        InferenceData on ArviZ 0.x, a DataTree on 1.x, with the groups ``posterior`` (draws
+        from the fitted guide, named dims and coords), ``sample_stats`` (log p(x, z) and the
+        log importance weights, their PSIS k-hat as the attribute ``khat``),
+        ``log_likelihood`` (pointwise, for ``arviz.loo``: Vehtari, Gelman & Gabry 2017) and
+        ``observed_data``. What ``posterior.nc`` holds; see :mod:`zoo.inference_data`.
+
+        A model whose latents are not a parameter vector saves no draws: a :class:`ZooError`.
+        """
+        if self.posterior_draws is None:
+            raise ZooError(
+                f"model {self.model.name!r} saves no posterior draws (its latents are not a "
+                "parameter vector): no ArviZ data"
+            )
+        from zoo.inference_data import to_inference_data
+
+        attrs = {"model": self.model.name, "guide": self.config.guide}
+        return to_inference_data(self.posterior_draws, {**attrs, "training": self.method_label})
 
     def save(self, run_dir: str | Path) -> Path:
         """Write history, report, figures and (where it applies) ArviZ data into ``run_dir``."""

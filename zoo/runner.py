@@ -775,21 +775,11 @@ class _Trainer:
                 break
         return sites
 
-    @torch.no_grad()
-    def _posterior_draws(self, guide, num: int = 1000) -> dict[str, torch.Tensor] | None:
+    def _posterior_draws(self, guide) -> Any:
+        """A :class:`~zoo.inference_data.PosteriorDraws`: draws from the fitted guide, scored
+        under the model, for ArviZ. None unless the model's latent is a parameter vector."""
         if not self.model.save_posterior_draws:
             return None
-        dim = -(self.model.max_plate_nesting + 1)
-        with pyro.plate("draws", num, dim=dim):
-            trace = poutine.trace(guide).get_trace(**self._kwargs(False))
-        draws = {}
-        for name, site in trace.nodes.items():
-            if site["type"] == "sample" and not site_is_subsample(site):
-                if name.startswith("_"):  # auxiliary latents of joint guides
-                    continue
-                value, event_dim = site["value"], site["fn"].event_dim
-                axis = value.dim() - event_dim + dim
-                batch = [n for n in value.shape[axis + 1 : value.dim() - event_dim] if n > 1]
-                event = value.shape[value.dim() - event_dim :]
-                draws[name] = value.movedim(axis, 0).reshape(num, *batch, *event).cpu()
-        return draws
+        from zoo.inference_data import NUM_DRAWS, posterior_draws
+
+        return posterior_draws(self.model, guide, NUM_DRAWS, **self._kwargs(False))

@@ -190,6 +190,7 @@ class BayesianLinearRegression(ZooModel):
     training = Training(steps=1200, lr=0.3, quick_steps=300, lr_final_factor=0.001, particles=128)
     data_plate = None  # w is global: no per-point latents, no mini-batching
     save_posterior_draws = True
+    arviz_dims = {"w": ("feature",), "y": ("observation",)}
     # the exact guide has no parameters: one step is all its training
     # the exact guide has no parameters: one step is all its training
     training_for_guide = {"exact": Training(steps=1, quick_steps=1, particles=1)}
@@ -226,6 +227,10 @@ class BayesianLinearRegression(ZooModel):
         self.post_mean = posterior_mean(self.x, self.y, self.prior_scale, self.noise_scale)
         self.post_cov = torch.cholesky_inverse(torch.linalg.cholesky(self.precision))
         self.post_scale_tril = torch.linalg.cholesky(self.post_cov)
+
+    def arviz_coords(self) -> dict[str, list[Any]]:
+        """The weights' coordinates are the feature names."""
+        return {"feature": list(self.feature_names)}
 
     def _split_target(
         self, values: np.ndarray, columns: list[str], target: str | None, source: str

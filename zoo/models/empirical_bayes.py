@@ -475,10 +475,16 @@ class _EmpiricalBayes(ZooModel):
     )
     local_step_guides = ("prior-family",)
     max_plate_nesting = 1
+    # one latent per group of a small hierarchy: ArviZ data with the groups' names as coords
+    save_posterior_draws = True
 
     #: the latent site, one per group
     latent: ClassVar[str]
     groups: list[str]
+
+    def arviz_coords(self) -> dict[str, list[Any]]:
+        """The groups' names (players, schools) as the coordinates of the data plate's dim."""
+        return {self.arviz_dims[self.latent][0]: list(self.groups)}
 
     # -- what each model provides ------------------------------------------------------------------
     def hyperparameters(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -566,6 +572,7 @@ class BaseballEmpiricalBayes(_EmpiricalBayes):
     )
     data_plate = "players"
     latent = "p"
+    arviz_dims = {"p": ("player",), "hits": ("player",)}
 
     def setup(self, data: Any, **opts: Any) -> None:
         if data is not None:
@@ -786,6 +793,7 @@ class EightSchools(_EmpiricalBayes):
     )
     data_plate = "schools"
     latent = "theta"
+    arviz_dims = {"theta": ("school",), "y": ("school",)}
 
     def setup(self, data: Any, **opts: Any) -> None:
         if data is not None:

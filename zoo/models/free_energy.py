@@ -111,6 +111,10 @@ NOT_A_BOUND = (
 )
 
 
+#: the variances (Sigma_p, Sigma_u) the quadrature of the learning model's evidence serves
+VARIANCE_RANGE = (1e-6, 1e6)
+
+
 def _positive(value: float, flag: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise DataError(f"{flag} must be a positive number, got {value!r}")
@@ -238,7 +242,7 @@ def grid_log_evidence(
     sigma_u: Any,
     *,
     cutoff: float = 100.0,
-    max_nodes: int = 1_000_000,
+    max_nodes: int = 200_000,
 ) -> torch.Tensor:
     """ln p(u_i) for every item at once, by the trapezoid rule on one uniform grid in v
     (differentiable in theta = (v_p, Sigma_p, Sigma_u), which may be tensors).
@@ -849,7 +853,13 @@ class FreeEnergyLearning(ZooModel):
 
     def setup(self, data: Any, **opts: Any) -> None:
         for key in ("true_sigma_p", "true_sigma_u", "init_sigma_p", "init_sigma_u"):
-            _positive(opts[key], "--" + key.replace("_", "-"))
+            flag = "--" + key.replace("_", "-")
+            if not VARIANCE_RANGE[0] <= _positive(opts[key], flag) <= VARIANCE_RANGE[1]:
+                low, high = VARIANCE_RANGE
+                raise DataError(
+                    f"{flag} must be between {low:g} and {high:g} (the exact evidence's "
+                    f"quadrature grid), got {opts[key]!r}"
+                )
         for key in ("true_v_p", "init_v_p"):
             _finite(opts[key], "--" + key.replace("_", "-"))
         self.true_theta = (opts["true_v_p"], opts["true_sigma_p"], opts["true_sigma_u"])

@@ -240,6 +240,7 @@ class NormalGamma(ZooModel):
     data_plate = None  # (mu, tau) are global
     closed_form_name = "CAVI"
     save_posterior_draws = True
+    arviz_dims = {"x": ("observation",)}  # mu and tau are scalars
     # the exact guide has no parameters: one step is all its training
     training_for_guide = {"exact": Training(steps=1, quick_steps=1, particles=1)}
     leaderboard = ({"method": "closed-form"}, {"guide": "mean-field"}, {"guide": "exact"})
