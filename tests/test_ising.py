@@ -201,7 +201,7 @@ def test_summary_and_figures(van_run):
     s = van_run.summary
     assert s["log_z_method"] == "brute force" and s["guide"] == "autoregressive"
     assert "graph" in s["estimator"] and s["van"]["z2"] is True
-    figs = van_run.model.plots(van_run)
+    figs = van_run.model.plots(van_run.view())
     assert set(figs) == {"free_energy", "relative_error", "samples"}
 
 

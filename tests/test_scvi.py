@@ -548,7 +548,7 @@ def test_latent_means_table(pbmc_fit, tmp_path):
 
     back = pd.read_csv(path)
     np.testing.assert_allclose(back["z1"].to_numpy(), table["z1"].to_numpy(), rtol=1e-6)
-    assert set(model.tables(result)) == {"latent_means"}
+    assert set(result.tables()) == {"latent_means"}
 
 
 def test_figures(pbmc_fit):

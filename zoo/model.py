@@ -49,7 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     from matplotlib.figure import Figure
 
-    from zoo.results import FitResult
+    from zoo.run_view import RunView
 
 
 def positive_float(value: Any) -> float:
@@ -313,7 +313,7 @@ class ZooModel:
     def has_closed_form(cls) -> bool:
         return cls.closed_form_step is not ZooModel.closed_form_step
 
-    def closed_form_step(self, guide: Callable[..., Any]) -> float | None:
+    def closed_form_step(self, guide: Callable[..., Any], guide_name: str) -> float | None:
         """One closed-form coordinate-ascent update of the param store (EM, CAVI).
 
         Returns the ELBO after the update where it is known in closed form (the run's history
@@ -321,7 +321,7 @@ class ZooModel:
         """
         raise ZooError(f"model {self.name!r} has no closed-form updates")
 
-    def local_step(self, guide: Callable[..., Any]) -> None:
+    def local_step(self, guide: Callable[..., Any], guide_name: str) -> None:
         """Set the guide's local factors to their optimum given the current parameters.
 
         The local step of stochastic variational inference (Hoffman, Blei, Wang & Paisley,
@@ -341,16 +341,16 @@ class ZooModel:
         on resume, so a model's own schedules (an annealed temperature) follow the run."""
 
     # -- reporting ----------------------------------------------------------------------------
-    def summary(self, guide: Callable[..., Any]) -> dict[str, Any]:
+    def summary(self, guide: Callable[..., Any], guide_name: str) -> dict[str, Any]:
         """Fitted quantities worth reporting (JSON-serialisable), at the current parameters."""
         return {}
 
-    def tables(self, result: FitResult) -> dict[str, pd.DataFrame]:
+    def tables(self, run: RunView) -> dict[str, pd.DataFrame]:
         """The model's own tables at the current parameters, by file stem; the outputs layer
         saves them as ``<stem>.csv`` (per-point latent means, say)."""
         return {}
 
-    def plots(self, result: FitResult) -> dict[str, Figure]:
+    def plots(self, run: RunView) -> dict[str, Figure]:
         """The model's own figures at the current parameters, by file stem (``"components"``).
 
         The outputs layer saves them as ``<stem>.png``; the docs gallery shows them inline.

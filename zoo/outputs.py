@@ -156,7 +156,7 @@ def save_run(result: FitResult, run_dir: Path) -> Path:
     finally:
         for fig in figures.values():
             plt.close(fig)
-    for stem, table in result.model.tables(result).items():
+    for stem, table in result.tables().items():
         path = run_dir / f"{stem}.csv"
         write_atomic(path, table.to_csv(index=False).encode())
         files.append(path)

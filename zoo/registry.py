@@ -1,7 +1,8 @@
 """The registry of zoo models: name -> :class:`~zoo.model.ZooModel` subclass.
 
-Model modules register themselves with the :func:`register` decorator; importing
-:mod:`zoo.models` imports them all.
+Model modules register themselves with the :func:`register` decorator. Every module under
+:mod:`zoo.models` (packages included) is imported on first use, so a new model is found by
+being there: there is no list to add it to.
 """
 
 from __future__ import annotations
@@ -22,8 +23,22 @@ def register(cls: type[ZooModel]) -> type[ZooModel]:
     return cls
 
 
+_LOADED = False
+
+
 def _load() -> None:
-    import zoo.models  # noqa: F401  (registers every model)
+    """Import every module under :mod:`zoo.models` once (each registers its models)."""
+    global _LOADED
+    if _LOADED:
+        return
+    import importlib
+    import pkgutil
+
+    import zoo.models
+
+    for info in pkgutil.walk_packages(zoo.models.__path__, "zoo.models."):
+        importlib.import_module(info.name)
+    _LOADED = True
 
 
 def get_model(name: str) -> type[ZooModel]:

@@ -23,6 +23,7 @@ from zoo.errors import ZooError
 from zoo.estimators import ESTIMATORS
 from zoo.model import ZooModel
 from zoo.psis import MIN_DRAWS
+from zoo.run_view import RunView
 
 
 @dataclass
@@ -341,6 +342,20 @@ class FitResult:
             "seconds": self.seconds,
         }
 
+    def view(self) -> RunView:
+        """This run as the model's figures and tables see it."""
+        estimator = self.config.elbo if self.config.method != "closed-form" else self.method_label
+        return RunView(
+            guide=self.guide,
+            guide_name=self.config.guide,
+            method=self.method_label,
+            elbo_estimator=estimator,
+            history=self.history,
+            diagnostics=self.diagnostics,
+            summary=self.summary,
+            param_state=self.param_state,
+        )
+
     def figures(self) -> dict[str, Any]:
         """Every figure of this run by file stem: the ELBO trace, its terms, the model's own."""
         from zoo import plots
@@ -350,9 +365,16 @@ class FitResult:
             "elbo_trace": plots.elbo_trace(self.history, title, self.diagnostics.gap),
             "elbo_terms": plots.elbo_terms(self.history, title),
         }
-        self.activate()
-        figures.update(self.model.plots(self))
+        view = self.view()
+        with view.active():
+            figures.update(self.model.plots(view))
         return figures
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The model's own tables of this run, by file stem."""
+        view = self.view()
+        with view.active():
+            return self.model.tables(view)
 
     def to_inference_data(self) -> Any:
         """The run's posterior draws as ArviZ data (Kumar et al. 2019, JOSS 4, 1143):

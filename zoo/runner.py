@@ -683,7 +683,7 @@ class _Trainer:
         for step in range(start + 1, cfg.steps + 1):
             if svi is None:
                 with torch.no_grad():
-                    value = self.model.closed_form_step(guide)
+                    value = self.model.closed_form_step(guide, cfg.guide)
                 loss = math.nan if value is None else -float(value)
             else:
                 self.latent_scale.weight = warmup_weight(step, cfg.kl_warmup)
@@ -726,7 +726,7 @@ class _Trainer:
             diagnostics=diagnostics,
             seconds=self.elapsed,
             param_state=param_state,
-            summary=self.model.summary(guide),
+            summary=self.model.summary(guide, cfg.guide),
             posterior_draws=self._posterior_draws(guide),
         )
 
@@ -747,7 +747,7 @@ class _Trainer:
     def _local_step(self, guide) -> None:
         if self.config.local_steps:
             with torch.no_grad():
-                self.model.local_step(guide)
+                self.model.local_step(guide, self.config.guide)
 
     def _guarded(
         self, step: int, action: Callable[[], Any], value_of: Callable[[Any], float] = float

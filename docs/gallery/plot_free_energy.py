@@ -51,9 +51,9 @@ fig, ax = plt.subplots(figsize=(7.0, 4.2), constrained_layout=True)
 model.draw_densities(
     ax,
     {
-        "fitted Gaussian": runs["gaussian"],
-        "fitted spline flow": runs["spline-flow"],
-        "point mass": runs["point-mass"],
+        "fitted Gaussian": runs["gaussian"].view(),
+        "fitted spline flow": runs["spline-flow"].view(),
+        "point mass": runs["point-mass"].view(),
     },
 )
 ax.set_title("Bogacz's Exercise 1: exact posterior and three recognition densities")

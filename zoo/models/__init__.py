@@ -1,13 +1,2 @@
-"""One module per application of the ELBO; importing this package registers them all."""
-
-from zoo.models import (  # noqa: F401
-    bayes_linreg,
-    diffusion,
-    empirical_bayes,
-    free_energy,
-    gmm,
-    ising,
-    normal_gamma,
-    scvi,
-    vae,
-)
+"""The zoo's models: one module per registered model, a package per application that needs more
+than one file. :mod:`zoo.registry` imports every module here on first use; nothing to list."""

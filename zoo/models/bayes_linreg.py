@@ -51,7 +51,7 @@ from zoo.registry import register
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-    from zoo.results import FitResult
+    from zoo.run_view import RunView
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,7 +317,7 @@ class BayesianLinearRegression(ZooModel):
             return q.loc.detach().clone(), q.covariance_matrix.detach().clone()
         raise ZooError(f"cannot read a Gaussian q(w) from a {type(guide).__name__}")
 
-    def summary(self, guide: Callable[..., Any]) -> dict[str, Any]:
+    def summary(self, guide: Callable[..., Any], guide_name: str) -> dict[str, Any]:
         mean, cov = self.guide_gaussian(guide)
         log_ev = self.log_evidence()
         best_mf = self.best_mean_field_elbo()
@@ -356,7 +356,7 @@ class BayesianLinearRegression(ZooModel):
         order = np.argsort(-np.abs(corr[i, j]), kind="stable")[:count]
         return [(int(i[k]), int(j[k])) for k in order]
 
-    def plots(self, result: FitResult) -> dict[str, Figure]:
+    def plots(self, run: RunView) -> dict[str, Figure]:
         """``posterior_ellipses``: for the most correlated pairs of weights, the exact posterior's
         2-sigma ellipse, the best mean field's (axis-aligned, too narrow: PRML Fig. 10.2) and the
         fitted guide's own."""
@@ -364,7 +364,7 @@ class BayesianLinearRegression(ZooModel):
 
         from zoo.plots import ellipse
 
-        mean, cov = self.guide_gaussian(result.guide)
+        mean, cov = self.guide_gaussian(run.guide)
         exact_mean, exact_cov = self.post_mean.cpu().numpy(), self.post_cov.cpu().numpy()
         best_mf_cov = np.diag(1.0 / self.precision.diagonal().cpu().numpy())
         mean, cov = mean.cpu().numpy(), cov.cpu().numpy()
@@ -386,7 +386,7 @@ class BayesianLinearRegression(ZooModel):
                 color="C0",
                 lw=3,
                 alpha=0.6,
-                label=f"fitted {result.config.guide}",
+                label=f"fitted {run.guide_name}",
             )
             ellipse(
                 ax,
@@ -405,7 +405,5 @@ class BayesianLinearRegression(ZooModel):
             ax.set_title(f"posterior correlation {rho:+.2f}")
             ax.set_aspect("equal", adjustable="datalim")
         axes[0][0].legend(loc="best", fontsize=8)
-        fig.suptitle(
-            f"{self.title}: 2-sigma ellipses, {result.config.guide} guide ({result.method_label})"
-        )
+        fig.suptitle(f"{self.title}: 2-sigma ellipses, {run.guide_name} guide ({run.method})")
         return {"posterior_ellipses": fig}

@@ -101,6 +101,8 @@ from zoo.registry import register
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
+    from zoo.run_view import RunView
+
 OBJECTIVES = ("vdm", "rb", "mc")
 _MODULE = "denoiser"
 
@@ -595,17 +597,17 @@ class Diffusion(ZooModel):
             out["ode"] = row
         return out
 
-    def summary(self, guide) -> dict[str, Any]:
+    def summary(self, guide, guide_name: str) -> dict[str, Any]:
         return self.report()
 
-    def plots(self, result) -> dict[str, Figure]:
+    def plots(self, run: RunView) -> dict[str, Figure]:
         title = f"{self.dataset}, {self.objective} objective, T = {self.num_steps}"
-        summary = getattr(result, "summary", None) or {}
+        summary = run.summary
         return {
             "samples": samples_figure(self, title),
             "elbo_by_step": elbo_split_figure(self, summary, title),
             "denoising": denoising_figure(self, title),
-            "elbo_vs_ideal": elbo_vs_ideal_figure(self, result.history, title),
+            "elbo_vs_ideal": elbo_vs_ideal_figure(self, run.history, title),
         }
 
 

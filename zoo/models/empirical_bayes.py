@@ -108,7 +108,7 @@ from zoo.registry import register
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-    from zoo.results import FitResult
+    from zoo.run_view import RunView
 
 # --------------------------------------------------------------------------------------------
 # The data, typed in from the papers
@@ -507,7 +507,7 @@ class _EmpiricalBayes(ZooModel):
         with self.create_plates(subsample_size) as idx:
             pyro.sample(self.latent, self.exact_posterior(idx))
 
-    def local_step(self, guide: Any) -> None:
+    def local_step(self, guide: Any, guide_name: str) -> None:
         """CAVI for the group factors: each set to the conditional posterior p(z_j | y_j, theta)
         at the current hyperparameters (Bishop, PRML §10.1.1; Hoffman et al. 2013, §3)."""
         guide.set_factor(self.latent, self.exact_posterior())
@@ -668,7 +668,7 @@ class BaseballEmpiricalBayes(_EmpiricalBayes):
             "mse_grand_mean": mse(np.full_like(raw, raw.mean()), self.season),
         }
 
-    def summary(self, guide: Any) -> dict[str, Any]:
+    def summary(self, guide: Any, guide_name: str) -> dict[str, Any]:
         a, b = self.hyper_values()
         top = self.type2_max
         log_ev = self.log_evidence()
@@ -695,11 +695,11 @@ class BaseballEmpiricalBayes(_EmpiricalBayes):
             **self.shrinkage(guide),
         }
 
-    def plots(self, result: FitResult) -> dict[str, Figure]:
+    def plots(self, run: RunView) -> dict[str, Figure]:
         from zoo.plots import plt
 
-        table = self.shrinkage(result.guide)
-        guide = result.config.guide
+        table = self.shrinkage(run.guide)
+        guide = run.guide_name
         fig, ax = plt.subplots(figsize=(6.4, 5.4), constrained_layout=True)
         columns = ("raw_average", "eb_posterior_mean", "season_average")
         for i in range(self.num_data):
@@ -740,7 +740,7 @@ class BaseballEmpiricalBayes(_EmpiricalBayes):
         ax.set_xlim(-0.6, 2.4)
         ax.set_ylabel("batting average (MSEs against the season average)")
         a, b = self.hyper_values()
-        ax.set_title(f"Shrinkage, Beta({a:.3g}, {b:.3g}) prior by {result.method_label}")
+        ax.set_title(f"Shrinkage, Beta({a:.3g}, {b:.3g}) prior by {run.method}")
         ax.legend(loc="upper right", fontsize=8)
 
         top = self.type2_max
@@ -854,7 +854,7 @@ class EightSchools(_EmpiricalBayes):
         q = self.guide_factor(guide)
         return q.mean.cpu().numpy(), q.stddev.cpu().numpy()
 
-    def summary(self, guide: Any) -> dict[str, Any]:
+    def summary(self, guide: Any, guide_name: str) -> dict[str, Any]:
         mu, tau = self.hyper_values()
         top = self.type2_max
         y, sigma = self._data()
@@ -888,13 +888,13 @@ class EightSchools(_EmpiricalBayes):
             "eb_posterior_sd": sds.tolist(),
         }
 
-    def plots(self, result: FitResult) -> dict[str, Figure]:
+    def plots(self, run: RunView) -> dict[str, Figure]:
         from zoo.plots import plt
 
         y, sigma = self._data()
-        means, sds = self.posterior_moments(result.guide)
+        means, sds = self.posterior_moments(run.guide)
         mu, tau = self.hyper_values()
-        guide = result.config.guide
+        guide = run.guide_name
         top = self.type2_max
         fig, ax = plt.subplots(figsize=(6.4, 4.4), constrained_layout=True)
         x = np.arange(self.num_data)
@@ -914,7 +914,7 @@ class EightSchools(_EmpiricalBayes):
         ax.set_xticks(x, self.groups)
         ax.set_xlabel("school")
         ax.set_ylabel("coaching effect (SAT points)")
-        ax.set_title(f"Eight schools: shrinkage by {result.method_label}")
+        ax.set_title(f"Eight schools: shrinkage by {run.method}")
         ax.legend(loc="upper right", fontsize=8)
 
         taus = np.linspace(0.0, 25.0, 251)

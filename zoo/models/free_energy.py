@@ -98,6 +98,7 @@ from zoo.model import (
 from zoo.optimize import maximize
 from zoo.quadrature import log_integral, log_trapezoid
 from zoo.registry import register
+from zoo.run_view import RunView
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -612,7 +613,7 @@ class FreeEnergyPerception(ZooModel):
             return float(gaussian_elbo(m, s, *self.theta))
         return self.flow_elbo() if kind == "spline-flow" else None
 
-    def summary(self, guide: Any) -> dict[str, Any]:
+    def summary(self, guide: Any, guide_name: str) -> dict[str, Any]:
         u, v_p, sp, su = self.theta
         log_ev = self.log_evidence()
         best, best_m, best_s = self.best_gaussian()
@@ -666,34 +667,35 @@ class FreeEnergyPerception(ZooModel):
         return out
 
     # -- figures -----------------------------------------------------------------------------------
-    def plots(self, result: Any) -> dict[str, Any]:
+    def plots(self, run: RunView) -> dict[str, Any]:
         from zoo.plots import plt
 
-        kind = self.guide_kind(result.guide)
+        kind = self.guide_kind(run.guide)
         fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
-        self.draw_densities(ax, {f"fitted {kind}": result})
+        self.draw_densities(ax, {f"fitted {kind}": run})
         ax.set_title(f"exact posterior vs the {kind} recognition density")
         fe, axes = plt.subplots(1, 2, figsize=(10.4, 4.0), constrained_layout=True)
-        free_energy_axes(axes[0], result.history, "-ln p(u)", bound=kind != "point-mass")
+        free_energy_axes(axes[0], run.history, "-ln p(u)", bound=kind != "point-mass")
         axes[0].set_title(f"{kind} guide: free energy over SVI steps")
         self.draw_bogacz_dynamics(axes[1])
         return {"posterior": fig, "free_energy": fe}
 
-    def draw_densities(self, ax: Any, results: dict[str, Any]) -> None:
+    def draw_densities(self, ax: Any, runs: dict[str, RunView]) -> None:
         """Exact posterior, prior, best Gaussian and the fitted guides of the given runs
-        (:class:`~zoo.results.FitResult` by label) on one axis."""
+        (:class:`~zoo.run_view.RunView` by label) on one axis."""
         _, v_p, sp, _ = self.theta
         grid, post = self.posterior_on_grid()
         ax.fill_between(grid, post, color="0.85", label="exact posterior p(v | u)")
         ax.plot(grid, np.exp(log_normal(grid, v_p, sp)), ":", color="0.4", label="prior p(v)")
         _, m, s = self.best_gaussian()
         ax.plot(grid, np.exp(log_normal(grid, m, s * s)), "--", color="C1", label="best Gaussian")
-        for k, (label, result) in enumerate(results.items()):
-            result.activate()  # the flow reads its parameters from Pyro's param store
-            log_q = self.recognition_log_density(result.guide, grid)
+        for k, (label, run) in enumerate(runs.items()):
+            with run.active():  # the flow reads its parameters from Pyro's param store
+                log_q = self.recognition_log_density(run.guide, grid)
+                median = run.guide.median() if log_q is None else None
             color = f"C{[0, 2, 3][k % 3]}"
             if log_q is None:
-                phi = float(result.guide.median()["v"])
+                phi = float(median["v"])
                 ax.axvline(phi, color=color, lw=2, label=f"{label}: phi = {phi:.3f}")
             else:
                 ax.plot(grid, np.exp(log_q), color=color, lw=1.8, label=label)
@@ -965,7 +967,7 @@ class FreeEnergyLearning(ZooModel):
         phi = guide.median()["v"].detach()
         return float(log_joint(phi, self.u, *theta).sum())
 
-    def summary(self, guide: Any) -> dict[str, Any]:
+    def summary(self, guide: Any, guide_name: str) -> dict[str, Any]:
         names = ("v_p", "Sigma_p", "Sigma_u")
         theta = self.theta()
         log_ev = self.log_evidence()
@@ -994,10 +996,10 @@ class FreeEnergyLearning(ZooModel):
             out["log_joint_at_phi"] = fitted
         return out
 
-    def plots(self, result: Any) -> dict[str, Any]:
+    def plots(self, run: RunView) -> dict[str, Any]:
         from zoo.plots import plt
 
-        kind = self.guide_kind(result.guide)
+        kind = self.guide_kind(run.guide)
         theta = self.theta()
         mle = self.peers["max_likelihood"]
         fig, axes = plt.subplots(1, 2, figsize=(10.4, 4.0), constrained_layout=True)
@@ -1030,12 +1032,12 @@ class FreeEnergyLearning(ZooModel):
         axes[0].set_ylabel("density")
         axes[0].set_title("the learnt prior p(v) against the truth")
         axes[0].legend(fontsize=8)
-        free_energy_axes(axes[1], result.history, "-ln p(u | theta_t)", bound=kind != "point-mass")
+        free_energy_axes(axes[1], run.history, "-ln p(u | theta_t)", bound=kind != "point-mass")
         axes[1].axhline(-mle["log_evidence"], color="C1", ls=":", label="-ln p(u | theta_ML)")
         axes[1].legend(loc="upper right", fontsize=8)
         axes[1].set_title(f"learning: free energy over steps ({kind} guide)")
         fe_fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
-        free_energy_axes(ax, result.history, "-ln p(u | theta_t)", bound=kind != "point-mass")
+        free_energy_axes(ax, run.history, "-ln p(u | theta_t)", bound=kind != "point-mass")
         ax.set_title(f"{self.title}: free energy over steps ({kind} guide)")
         return {"learned_prior": fig, "free_energy": fe_fig}
 
@@ -1216,7 +1218,7 @@ class PredictiveCoding(ZooModel):
         mean, cov = self.guide_gaussians(guide)
         return gaussian_kl_to_posterior(mean, cov, self.post_means, self.precision)
 
-    def summary(self, guide: Any) -> dict[str, Any]:
+    def summary(self, guide: Any, guide_name: str) -> dict[str, Any]:
         gaps = self.point_gaps(guide)
         log_ev = self.log_evidence()
         mf_gap = self.best_mean_field_gap()
@@ -1232,12 +1234,12 @@ class PredictiveCoding(ZooModel):
             "posterior_correlation": (self.post_cov / torch.outer(sd, sd)).tolist(),
         }
 
-    def plots(self, result: Any) -> dict[str, Any]:
+    def plots(self, run: RunView) -> dict[str, Any]:
         from zoo.plots import plt
 
-        kind = result.config.guide
-        _, cov = self.guide_gaussians(result.guide)
-        gaps = self.point_gaps(result.guide).cpu().numpy()
+        kind = run.guide_name
+        _, cov = self.guide_gaussians(run.guide)
+        gaps = self.point_gaps(run.guide).cpu().numpy()
         sd = self.post_cov.diagonal().sqrt()
         exact_corr = (self.post_cov / torch.outer(sd, sd)).cpu().numpy()
         q_sd = cov.diagonal(dim1=-2, dim2=-1).sqrt()
@@ -1260,6 +1262,6 @@ class PredictiveCoding(ZooModel):
         axes[2].set_title(f"per-point gap, total {gaps.sum():.3g} nats")
         axes[2].legend(fontsize=8)
         fe_fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
-        free_energy_axes(ax, result.history, "-ln p(x)")
+        free_energy_axes(ax, run.history, "-ln p(x)")
         ax.set_title(f"{self.title}: free energy over steps ({kind})")
         return {"posterior_covariance": fig, "free_energy": fe_fig}

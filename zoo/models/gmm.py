@@ -76,6 +76,7 @@ from zoo.data import read_numeric_table
 from zoo.errors import DataError, ZooError
 from zoo.model import Option, Training, ZooModel, at_least, positive_int, seed_value
 from zoo.registry import register
+from zoo.run_view import RunView
 
 #: a component whose variance along some direction falls below this fraction of the data's
 #: variance along it has collapsed (float64 Cholesky factors stay unreliable well before the
@@ -675,7 +676,7 @@ class GaussianMixture(ZooModel):
                     "(e.g. 1e-6)",
                 )
 
-    def closed_form_step(self, guide) -> float:
+    def closed_form_step(self, guide, guide_name: str) -> float:
         """One EM iteration; returns the ELBO after it, which equals log p(x | theta_new).
 
         A component that collapses is a one-line :class:`CollapsedComponentError`."""
@@ -720,7 +721,7 @@ class GaussianMixture(ZooModel):
             return None
         return float(peer.score(x))
 
-    def summary(self, guide) -> dict[str, Any]:
+    def summary(self, guide, guide_name: str) -> dict[str, Any]:
         """The fitted theta and log-likelihood, the peer's, and the restarts: every start's
         final log-likelihood (None where it collapsed; the best one continued to convergence)
         and the run's shortfall from the best, best - log p(x | theta_fit) in nats. The
@@ -751,7 +752,7 @@ class GaussianMixture(ZooModel):
             "shortfall_from_best_restart": None if best is None else best - loglik,
         }
 
-    def plots(self, result) -> dict:
+    def plots(self, run: RunView) -> dict:
         from zoo.plots import mixture_components
 
         fig = mixture_components(
@@ -759,6 +760,6 @@ class GaussianMixture(ZooModel):
             torch.softmax(self.log_joint(), -1).cpu().numpy(),
             self.fitted(),
             self.feature_names,
-            title=f"{self.title}: {result.method_label}",
+            title=f"{self.title}: {run.method}",
         )
         return {"components": fig}

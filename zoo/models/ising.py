@@ -78,6 +78,7 @@ from zoo.model import (
     positive_int,
 )
 from zoo.registry import register
+from zoo.run_view import RunView
 
 #: the largest lattice side whose transfer-matrix thermodynamics the summary computes
 TM_SUMMARY_MAX = 10
@@ -350,7 +351,7 @@ class Ising(ZooModel):
     def guide_name(self, guide) -> str:
         return "autoregressive" if isinstance(guide, AutoregressiveLatticeGuide) else "mean-field"
 
-    def summary(self, guide) -> dict[str, Any]:
+    def summary(self, guide, guide_name: str) -> dict[str, Any]:
         n, name = self.num_data, self.guide_name(guide)
         found = self.log_z_function()
         log_z = self.log_evidence()
@@ -408,16 +409,16 @@ class Ising(ZooModel):
         grid = np.concatenate([np.linspace(0.1, 1.0, num), [BETA_C, self.beta]])
         return np.unique(np.round(grid, 12))
 
-    def plots(self, result) -> dict:
+    def plots(self, run: RunView) -> dict:
         import matplotlib.pyplot as plt
 
         n = self.num_data
-        name = self.guide_name(result.guide)
+        name = self.guide_name(run.guide)
         betas = self.beta_grid()
         exact = np.array([self.exact_log_z_at(b) or np.nan for b in betas], dtype=float)
         mf = np.array([mean_field_optimum(self.coupling, b, self.h)[1] for b in betas])
-        d = result.diagnostics
-        label = f"{name} (this run, svi/{result.config.elbo})"
+        d = run.diagnostics
+        label = f"{name} (this run, svi/{run.elbo_estimator})"
 
         fig_f, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
         if np.isfinite(exact).any():
@@ -465,12 +466,12 @@ class Ising(ZooModel):
         figs = {
             "free_energy": fig_f,
             "relative_error": fig_e,
-            "samples": self._samples_figure(result),
+            "samples": self._samples_figure(run),
         }
         return figs
 
     @torch.no_grad()
-    def _samples_figure(self, result, per_row: int = 4):
+    def _samples_figure(self, run: RunView, per_row: int = 4):
         """Draws from mean field at three temperatures, and from this run's guide."""
         import matplotlib.pyplot as plt
 
@@ -481,9 +482,9 @@ class Ising(ZooModel):
             p = (1 + m) / 2
             draws = gen.random((per_row, self.num_data)) < p
             rows.append((f"mean field, beta = {b:.3f}", 2.0 * draws - 1))
-        z = result.guide.distribution().sample((per_row,))
+        z = run.guide.distribution().sample((per_row,))
         s = (2 * z - 1).reshape(per_row, -1).cpu().numpy()
-        rows.append((f"{self.guide_name(result.guide)} q (this run), beta = {self.beta:.3f}", s))
+        rows.append((f"{self.guide_name(run.guide)} q (this run), beta = {self.beta:.3f}", s))
         fig, axes = plt.subplots(
             len(rows), per_row, figsize=(1.6 * per_row, 1.75 * len(rows)), constrained_layout=True
         )

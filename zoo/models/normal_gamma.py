@@ -56,7 +56,7 @@ from zoo.registry import register
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-    from zoo.results import FitResult
+    from zoo.run_view import RunView
 
 
 @dataclass(frozen=True)
@@ -363,7 +363,7 @@ class NormalGamma(ZooModel):
             rate=value["tau", "rate"],
         )
 
-    def closed_form_step(self, guide: Callable[..., Any]) -> float:
+    def closed_form_step(self, guide: Callable[..., Any], guide_name: str) -> float:
         """One CAVI round (PRML eqs. 10.25-10.30), written into the mean-field guide's params;
         returns the (analytic) mean-field ELBO after it."""
         x = self.x.cpu().numpy()
@@ -486,7 +486,7 @@ class NormalGamma(ZooModel):
             }
         raise ZooError(f"cannot read q(mu, tau) from a {type(guide).__name__}")
 
-    def summary(self, guide: Callable[..., Any]) -> dict[str, Any]:
+    def summary(self, guide: Callable[..., Any], guide_name: str) -> dict[str, Any]:
         x = self.x.cpu().numpy()
         log_ev = self.log_evidence()
         best_mf = self.best_mean_field_elbo()
@@ -515,7 +515,7 @@ class NormalGamma(ZooModel):
         return out
 
     # -- figures -----------------------------------------------------------------------------------
-    def plots(self, result: FitResult) -> dict[str, Figure]:
+    def plots(self, run: RunView) -> dict[str, Figure]:
         """``posterior``: contours of the exact p(mu, tau | x) and the fitted q (PRML Fig. 10.4)."""
         import matplotlib.pyplot as plt
         from scipy.stats import gamma
@@ -527,7 +527,7 @@ class NormalGamma(ZooModel):
         tau = np.linspace(tau_lo, tau_hi, 401)
         mm, tt = np.meshgrid(mu, tau)
         exact = normal_gamma_log_density(mm, tt, post)
-        fitted = self.guide_log_density(result.guide, mm, tt)
+        fitted = self.guide_log_density(run.guide, mm, tt)
         fig, ax = plt.subplots(figsize=(6.0, 5.0), constrained_layout=True)
         # log-density drops of 0.5, 2 and 4.5 below the mode: the 1-, 2- and 3-sigma contours of
         # a Gaussian
@@ -541,13 +541,11 @@ class NormalGamma(ZooModel):
             lo, hi = values.min(), values.max()
             set_lim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
         ax.plot([], [], color="C2", label="exact p(mu, tau | x)")
-        ax.plot(
-            [], [], color="C3", label=f"fitted q ({result.config.guide}, {result.method_label})"
-        )
+        ax.plot([], [], color="C3", label=f"fitted q ({run.guide_name}, {run.method})")
         ax.set_xlabel("mu")
         ax.set_ylabel("tau")
         ax.legend(loc="upper right", fontsize=8)
-        gap = result.diagnostics.gap
+        gap = run.diagnostics.gap
         ax.set_title(
             f"{self.title}, N = {self.num_data}\ngap {gap:.4g} nats (best mean field: "
             f"{self.log_evidence() - self.best_mean_field_elbo():.4g})"

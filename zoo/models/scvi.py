@@ -80,7 +80,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     from matplotlib.figure import Figure
 
-    from zoo.results import FitResult
+    from zoo.run_view import RunView
 
 LIKELIHOODS = ("zinb", "nb", "poisson")
 LIBRARY_MODES = ("observed", "latent")
@@ -774,10 +774,10 @@ class SingleCellVI(ZooModel):
         self.latent_means_table(guide).to_csv(path, index=False)
         return path
 
-    def tables(self, result: FitResult) -> dict[str, pd.DataFrame]:
+    def tables(self, run: RunView) -> dict[str, pd.DataFrame]:
         """Tables a run saves next to its figures, by file stem (``<stem>.csv``)."""
-        result.guide.sync()
-        return {"latent_means": self.latent_means_table(result.guide)}
+        run.guide.sync()
+        return {"latent_means": self.latent_means_table(run.guide)}
 
     @torch.no_grad()
     def generate(self, num_cells: int, seed: int = 0) -> np.ndarray:
@@ -876,7 +876,7 @@ class SingleCellVI(ZooModel):
             "zero_fraction_generated": float(fake["zero_fraction"].mean()),
         }
 
-    def summary(self, guide: ScviGuide) -> dict[str, Any]:
+    def summary(self, guide: ScviGuide, guide_name: str) -> dict[str, Any]:
         guide.sync()
         log_theta = self.fitted_log_theta()
         out: dict[str, Any] = {
@@ -918,10 +918,10 @@ class SingleCellVI(ZooModel):
             }
         return out
 
-    def plots(self, result: FitResult) -> dict[str, Figure]:
+    def plots(self, run: RunView) -> dict[str, Figure]:
         from zoo.models.vae import plot_kl_per_dim, plot_training
 
-        guide: ScviGuide = result.guide
+        guide: ScviGuide = run.guide
         guide.sync()
         self.ensure_networks()
         means = self.posterior_means(guide)["z"]
@@ -932,7 +932,7 @@ class SingleCellVI(ZooModel):
             ),
             "kl_per_dim": plot_kl_per_dim(self.collapse(guide), self.title),
         }
-        history = result.history
+        history = run.history
         if "kl_weight" in history and (history["kl_weight"] < 1).any():
             figures["training"] = plot_training(history, self.title)
         return figures

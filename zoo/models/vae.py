@@ -89,6 +89,8 @@ from zoo.registry import register
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
+    from zoo.run_view import RunView
+
 #: the smallest standard deviation of a pixel under the Gaussian likelihood
 MIN_PIXEL_SCALE = 1e-3
 _LABEL_COLUMNS = ("label", "labels", "y", "target", "digit")
@@ -527,8 +529,8 @@ class _AmortizedModel(ZooModel):
             "latent_dim": train.latent_dim,
         }
 
-    def plots(self, result) -> dict[str, Figure]:
-        guide: AmortizedGuide = result.guide
+    def plots(self, run: RunView) -> dict[str, Figure]:
+        guide: AmortizedGuide = run.guide
         guide.sync()
         self.ensure_networks()
         figures = {
@@ -537,8 +539,8 @@ class _AmortizedModel(ZooModel):
             "latent_map": plot_latent_map(self, guide),
             "kl_per_dim": plot_kl_per_dim(self.collapse(guide, self.x), self.title),
         }
-        if "kl_weight" in result.history:
-            figures["training"] = plot_training(result.history, self.title)
+        if "kl_weight" in run.history:
+            figures["training"] = plot_training(run.history, self.title)
         return figures
 
 
@@ -656,7 +658,7 @@ class VariationalAutoencoder(_AmortizedModel):
         return out["loc"]
 
     # -- reporting ---------------------------------------------------------------------------------
-    def summary(self, guide: AmortizedGuide) -> dict[str, Any]:
+    def summary(self, guide: AmortizedGuide, guide_name: str) -> dict[str, Any]:
         return {
             "likelihood": self.likelihood_name,
             "num_train": self.num_data,
@@ -859,7 +861,7 @@ class LinearVAE(_AmortizedModel):
         x = self.x.cpu().numpy()
         return float(PCA(n_components=self.latent_dim, svd_solver="full").fit(x).score(x))
 
-    def summary(self, guide: AmortizedGuide) -> dict[str, Any]:
+    def summary(self, guide: AmortizedGuide, guide_name: str) -> dict[str, Any]:
         n, d = self.num_data, self.data_dim
         weight, _, var = self.current()
         evidence = self.point_log_evidence()
