@@ -29,8 +29,8 @@ import torch
 from pyro.infer import SVI, TraceGraph_ELBO
 from pyro.optim import ClippedAdam
 
-from zoo.ising_exact import BETA_C, kaufman_log_z
 from zoo.models.ising import Ising
+from zoo.models.ising.exact import BETA_C, kaufman_log_z
 
 
 @torch.no_grad()

@@ -3,7 +3,7 @@ log-likelihood and seconds per epoch, both measured in this one run.
 
 Both sides get scanpy's bundled ``pbmc68k_reduced`` counts (700 cells x 765 genes) with the
 zoo model's seeded, label-stratified split (630 training cells, 70 held out; the peer reads the
-split from h5ad files written by :func:`zoo.single_cell.write_h5ad`, so every run also checks
+split from h5ad files written by :func:`zoo.models.scvi.write_h5ad`, so every run also checks
 that anndata reads that writer's files), and the same architecture: a 765 -> 128 -> 2 x 10
 Gaussian encoder on log1p counts, a 10 -> 128 decoder with softmax and zero-inflation heads,
 one inverse dispersion per gene, ZINB likelihood, observed library size, mini-batches of 128
@@ -75,7 +75,7 @@ def peer_worker(
     scvi.settings.seed = seed
     scvi.settings.dl_num_workers = 0
     scvi.settings.verbosity = 30
-    # the zoo wrote these with zoo.single_cell.write_h5ad: anndata reading them checks the writer
+    # the zoo wrote these with zoo.models.scvi.write_h5ad: anndata reading them checks the writer
     train = anndata.read_h5ad(data_path / "train.h5ad")
     test = anndata.read_h5ad(data_path / "test.h5ad")
     scvi.model.SCVI.setup_anndata(train)
@@ -141,8 +141,8 @@ def peer_worker(
 # --------------------------------------------------------------------------------------------
 def export_split(model: SingleCellVI, directory: Path) -> None:
     """The model's training and held-out counts as ``train.h5ad`` and ``test.h5ad`` (CSR, gene
-    and cell names, cell types), written by :func:`zoo.single_cell.write_h5ad`."""
-    from zoo.single_cell import write_h5ad
+    and cell names, cell types), written by :func:`zoo.models.scvi.write_h5ad`."""
+    from zoo.models.scvi import write_h5ad
 
     for name, source, cells, labels in (
         ("train", model.source, model.cell_names, model.labels),

@@ -54,7 +54,7 @@ def write_counts(path: Path, cells: int, genes: int, density: float, seed: int) 
     import numpy as np
     import scipy.sparse as sp
 
-    from zoo.single_cell import write_h5ad
+    from zoo.models.scvi import write_h5ad
 
     rng = np.random.default_rng(seed)
     matrix = sp.random(

@@ -39,9 +39,10 @@ def _time_runner(name: str, steps: int, **kw) -> float:
 def _hand_gmm(steps: int, lr: float) -> float:
     m = GaussianMixture()
     x = m.x
-    weights_logits = m.init["weights"].log().clone().requires_grad_(True)
-    locs = m.init["locs"].clone().requires_grad_(True)
-    tril_raw = m.init["scale_trils"].clone()
+    init = m.initial_parameters()
+    weights_logits = init["weights"].log().clone().requires_grad_(True)
+    locs = init["locs"].clone().requires_grad_(True)
+    tril_raw = init["scale_trils"].clone()
     diag = tril_raw.diagonal(dim1=-2, dim2=-1)
     tril_raw = tril_raw.tril(-1) + torch.diag_embed(diag.log())
     tril_raw.requires_grad_(True)

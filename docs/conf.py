@@ -19,6 +19,7 @@ DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 if (ROOT / "zoo").is_dir():  # a checkout: document (and run) the zoo next to these docs
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(DOCS))  # zoo_registry_docs: the gallery order and the models table
 
 # The gallery scripts train small models inside this process: one thread is fastest, and the
 # builder must not fight the other work on a two-core machine.
@@ -57,7 +58,7 @@ extensions = [
     # MathJax from the installed package instead of a CDN: the site reads offline too
     "sphinx-mathjax-offline",
 ]
-exclude_patterns = ["_build", "**.ipynb_checkpoints", "gallery/**"]
+exclude_patterns = ["_build", "**.ipynb_checkpoints", "gallery/**", "_generated"]
 templates_path: list[str] = []
 pygments_style = "sphinx"
 
@@ -90,7 +91,8 @@ sphinx_gallery_conf = {
     "examples_dirs": ["gallery"],
     "gallery_dirs": ["auto_examples"],
     "filename_pattern": r"/plot_",  # run every plot_*.py
-    "within_subsection_order": "FileNameSortKey",
+    # pages in the order of the applications (zoo.applications), from each page's model
+    "within_subsection_order": "zoo_registry_docs.ApplicationOrder",
     "run_stale_examples": _mode_changed(),
     "remove_config_comments": True,
     "download_all_examples": False,
@@ -120,5 +122,17 @@ html_css_files = ["zoo.css"]
 html_show_sourcelink = False
 
 
+def _write_models_table(app) -> None:
+    """docs/_generated/models.rst, the registry's table of models (included by index.rst)."""
+    from zoo_registry_docs import models_table
+
+    target = DOCS / "_generated" / "models.rst"
+    text = models_table(DOCS / "gallery")
+    if not target.exists() or target.read_text() != text:
+        target.parent.mkdir(exist_ok=True)
+        target.write_text(text)
+
+
 def setup(app) -> None:
+    app.connect("builder-inited", _write_models_table)
     app.connect("build-finished", _write_mode_stamp)

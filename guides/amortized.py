@@ -20,7 +20,8 @@ gradient flows through the sample. Pieces, all plain :class:`torch.nn.Module` ob
   or the several outputs of a count likelihood);
 - :class:`AmortizedGuide`, the Pyro guide: it reads the mini-batch through the model it is
   bound to, so the same trained encoder scores another data set (a test split) by
-  :meth:`AmortizedGuide.bind`.
+  :meth:`AmortizedGuide.bind`; more amortized sites in the same data plate (scVI's library
+  size) are extra encoders of the one guide.
 
 Every encoder has ``distribution(x)``: a Pyro distribution over z with event dimension 1 and
 batch shape ``x.shape[:-1]``, which Pyro's particle plate expands to vectorized particles.
@@ -288,9 +289,10 @@ class AmortizedGuide:
         self.extra = dict(extra or {})
 
     def _register(self) -> nn.Module:
+        main = pyro.module(self.module_name, self.encoder, update_module_params=True)
         for name, encoder in self.extra.items():
             pyro.module(f"{name}_encoder", encoder, update_module_params=True)
-        return pyro.module(self.module_name, self.encoder, update_module_params=True)
+        return main
 
     def __call__(self, subsample_size: int | None = None, **kwargs: Any) -> torch.Tensor:
         self._register()

@@ -136,9 +136,11 @@ def test_index_shows_the_applications_table_and_renders_the_maths(browser, site,
     rows = table.find_elements(By.CSS_SELECTOR, "tbody tr")
     assert rows and rows[0].text.startswith("EM for Gaussian mixtures")
     assert table.is_displayed() and table.size["height"] > 100
-    # the gallery links in the table resolve to built pages
-    links = [a.get_attribute("href") for a in table.find_elements(By.CSS_SELECTOR, "a")]
-    assert any("/auto_examples/plot_gmm.html" in href for href in links), links
+    # the registry's table of models links every model's gallery page
+    models = browser.find_element(By.ID, "models-table")
+    links = [a.get_attribute("href") for a in models.find_elements(By.CSS_SELECTOR, "a")]
+    for model in zoo.model_names():
+        assert any(f"/auto_examples/{page_stem(model)}.html" in href for href in links), model
     # MathJax (served with the site, no network) typesets the decompositions
     WebDriverWait(browser, PAGE_TIMEOUT_S).until(
         lambda d: d.execute_script("return document.querySelectorAll('mjx-container').length") > 3

@@ -7,74 +7,20 @@ import json
 import pandas as pd
 import pytest
 
-from zoo.registry import model_names
+from zoo.registry import get_model, model_names
 
-#: a quick CLI run of every registered model; a model missing here fails the coverage test
-SMOKE: dict[str, list[str]] = {
-    "gmm": ["--steps", "30", "--eval-particles", "50"],
-    "bayes-linreg": ["--steps", "50", "--eval-particles", "50"],
-    "normal-gamma": ["--steps", "50", "--eval-particles", "50"],
-    "empirical-bayes": ["--steps", "50", "--eval-particles", "50"],
-    "eight-schools": ["--steps", "50", "--eval-particles", "50"],
-    "free-energy-perception": ["--steps", "30", "--eval-particles", "50"],
-    "free-energy-learning": ["--steps", "30", "--eval-particles", "50"],
-    "predictive-coding": ["--steps", "30", "--eval-particles", "50"],
-    "diffusion": [
-        "--steps",
-        "30",
-        "--eval-particles",
-        "50",
-        "--num-points",
-        "300",
-        "--test-points",
-        "300",
-        "--eval-points",
-        "100",
-        "--ode-points",
-        "50",
-        "--ode-steps",
-        "20",
-        "--timesteps",
-        "100",
-    ],
-    "ising": ["--size", "4", "--steps", "30", "--eval-particles", "50"],
-    "scvi": [
-        "--steps",
-        "30",
-        "--record-every",
-        "15",
-        "--eval-particles",
-        "50",
-        "--test-particles",
-        "50",
-    ],
-    "vae": [
-        "--steps",
-        "30",
-        "--eval-particles",
-        "30",
-        "--test-particles",
-        "30",
-        "--hidden",
-        "32",
-        "--record-every",
-        "10",
-    ],
-    "linear-vae": [
-        "--steps",
-        "30",
-        "--eval-particles",
-        "30",
-        "--test-particles",
-        "30",
-        "--record-every",
-        "10",
-    ],
-}
+#: the run settings of a quick CLI run; the model's own smoke_options make it small
+SMOKE_RUN = ["--steps", "30", "--eval-particles", "50", "--record-every", "10"]
 
 
-def test_every_registered_model_has_a_smoke_test():
-    assert set(model_names()) <= set(SMOKE), "add the new model to SMOKE"
+def smoke_args(name: str) -> list[str]:
+    """``zoo.run <name>`` arguments for a quick run: the model's smoke options as flags."""
+    cls = get_model(name)
+    flags = {opt.name: opt.flag for opt in cls.options}
+    args = list(SMOKE_RUN)
+    for option, value in cls.smoke_options.items():
+        args += [flags[option], str(value)]
+    return args
 
 
 def _only_run_dir(root):
@@ -83,11 +29,9 @@ def _only_run_dir(root):
     return dirs[0]
 
 
-@pytest.mark.parametrize("name", sorted(SMOKE))
+@pytest.mark.parametrize("name", model_names())
 def test_smoke(cli, name):
-    if name not in model_names():
-        pytest.skip(f"{name} is not registered")
-    out = cli(name, *SMOKE[name], "--quiet")
+    out = cli(name, *smoke_args(name), "--quiet")
     assert out.returncode == 0, out.stderr
     run_dir = _only_run_dir(cli.cwd / "runs")
     report = json.loads((run_dir / "report.json").read_text())

@@ -38,15 +38,15 @@ from zoo.models.diffusion import Diffusion
 from zoo.models.free_energy import PredictiveCoding
 from zoo.models.gmm import GaussianMixture
 from zoo.models.normal_gamma import NormalGamma
-from zoo.models.vae import read_array_file
-from zoo.run import main
-from zoo.single_cell import (
+from zoo.models.scvi import (
     load_counts,
     read_10x_mtx,
     read_count_csv,
     read_h5ad,
     write_h5ad,
 )
+from zoo.models.vae import read_array_file
+from zoo.run import main
 
 #: property tests: few examples, no deadline (file systems and h5py vary in speed)
 PROPERTY = settings(

@@ -12,10 +12,12 @@ import torch
 from scipy.stats import multivariate_normal
 
 import zoo
-from zoo import diffusion_math as dm
 from zoo.diagnostics import evaluate
 from zoo.errors import DataError
 from zoo.models.diffusion import Diffusion  # importing it registers the model
+from zoo.models.diffusion import exact as densities
+from zoo.models.diffusion import maths as dm
+from zoo.models.diffusion.ode import ode_log_likelihood
 
 F64 = torch.float64
 G_MIN, G_MAX = dm.DDPM_GAMMA_MIN, dm.DDPM_GAMMA_MAX
@@ -124,7 +126,7 @@ def test_step_kl_is_the_kl_between_the_two_gaussians(variance):
 def test_reverse_chain_log_prob_is_the_sum_of_its_kernels():
     torch.manual_seed(2)
     gammas = dm.discrete_gammas("cosine", 5, -6.0, 6.0)
-    density = dm.eight_gaussians()
+    density = densities.eight_gaussians()
     z = torch.randn(3, 5, 2, dtype=F64)
     p = dm.ReverseChain(density.eps_star, gammas, (3,), 2, "gaussian", 4.0)
     root, coef, var = dm.reverse_kernel(gammas[:-1], gammas[1:], "gaussian", 4.0)
@@ -162,7 +164,7 @@ def test_gaussian_control_variate_has_zero_mean():
 
 # -- data densities --------------------------------------------------------------------------------
 def test_eight_gaussians_density_matches_scipy():
-    density = dm.eight_gaussians()
+    density = densities.eight_gaussians()
     pts = np.random.default_rng(0).normal(size=(50, 2)) * 2
     want = np.log(
         sum(
@@ -177,11 +179,11 @@ def test_eight_gaussians_density_matches_scipy():
 def test_curve_densities_by_quadrature_match_monte_carlo_and_a_finer_rule(name):
     """log p(x) = log E_u N(x | c(u), s^2 I) by Gauss-Legendre, against 5e5 uniform draws of the
     curve parameter (Monte Carlo, 4 s.e.) and against a rule with twice the panels (1e-8)."""
-    noise = dm.DEFAULT_NOISE[name]
-    make = dm.moons_density if name == "moons" else dm.swiss_roll_density
+    noise = densities.DEFAULT_NOISE[name]
+    make = densities.moons_density if name == "moons" else densities.swiss_roll_density
     density = make(noise)
     finer = make(noise, panels=2 * (16 if name == "moons" else 128))
-    pts, _ = dm.make_dataset(name, 20, seed=5)
+    pts, _ = densities.make_dataset(name, 20, seed=5)
     x = torch.tensor(pts)
     torch.testing.assert_close(density.log_prob(x), finer.log_prob(x), rtol=0, atol=1e-8)
     rng = np.random.default_rng(0)
@@ -192,7 +194,10 @@ def test_curve_densities_by_quadrature_match_monte_carlo_and_a_finer_rule(name):
         cy = np.where(arc == 0, np.sin(np.pi * u), 0.5 - np.sin(np.pi * u))
     else:
         t = 1.5 * np.pi * (1 + 2 * u)
-        cx, cy = t * np.cos(t) / dm.SWISS_ROLL_SCALE, t * np.sin(t) / dm.SWISS_ROLL_SCALE
+        cx, cy = (
+            t * np.cos(t) / densities.SWISS_ROLL_SCALE,
+            t * np.sin(t) / densities.SWISS_ROLL_SCALE,
+        )
     for point, lp in zip(pts[:5], density.log_prob(x[:5]).numpy(), strict=True):
         dens = np.exp(-((point[0] - cx) ** 2 + (point[1] - cy) ** 2) / (2 * noise**2)) / (
             2 * np.pi * noise**2
@@ -201,9 +206,9 @@ def test_curve_densities_by_quadrature_match_monte_carlo_and_a_finer_rule(name):
         assert abs(math.exp(lp) - mean) < 4 * se + 1e-12
 
 
-@pytest.mark.parametrize("name", dm.DATASETS)
+@pytest.mark.parametrize("name", densities.DATASETS)
 def test_densities_integrate_to_one(name):
-    _, density = dm.make_dataset(name, 10, seed=0)
+    _, density = densities.make_dataset(name, 10, seed=0)
     lo, hi = (-4.5, 4.5) if name != "moons" else (-2.0, 3.0)
     grid = np.linspace(lo, hi, 200)
     xy = torch.tensor(np.stack(np.meshgrid(grid, grid), -1).reshape(-1, 2))
@@ -213,7 +218,7 @@ def test_densities_integrate_to_one(name):
 
 def test_eps_star_is_tweedie():
     """E[eps | z] = -sigma grad log q_gamma(z) (Tweedie), by autograd of the noised density."""
-    density = dm.moons_density(0.1)
+    density = densities.moons_density(0.1)
     z = torch.randn(7, 2, dtype=F64, requires_grad=True)
     gamma = torch.tensor(-1.0, dtype=F64)
     (grad,) = torch.autograd.grad(density.marginal_log_prob(z, gamma).sum(), z)
@@ -227,10 +232,10 @@ def test_ode_likelihood_is_exact_for_gaussian_data_with_the_exact_score():
     to the data, so the ODE likelihood (exact divergence) is log N(x | m, (v + e^gamma_min) I),
     the data density with the blur of the least noisy latent."""
     m, v = torch.tensor([0.5, -1.0], dtype=F64), 2.0
-    data = dm.IsotropicMixture(m[None], torch.zeros(1, dtype=F64), math.sqrt(v), "gaussian")
+    data = densities.IsotropicMixture(m[None], torch.zeros(1, dtype=F64), math.sqrt(v), "gaussian")
     x = torch.tensor([[0.0, 0.0], [2.0, 1.0], [-3.0, -1.0]], dtype=F64)
     g0, g1 = -8.0, 8.0
-    got = dm.ode_log_likelihood(
+    got = ode_log_likelihood(
         data.eps_star,
         x,
         g0,
@@ -238,7 +243,7 @@ def test_ode_likelihood_is_exact_for_gaussian_data_with_the_exact_score():
         steps=100,
         terminal_log_prob=lambda z: data.marginal_log_prob(z, g1),
     )
-    blurred = dm.IsotropicMixture(
+    blurred = densities.IsotropicMixture(
         m[None], torch.zeros(1, dtype=F64), math.sqrt(v + math.exp(g0)), ""
     )
     torch.testing.assert_close(got, blurred.log_prob(x), rtol=0, atol=1e-6)
@@ -247,13 +252,13 @@ def test_ode_likelihood_is_exact_for_gaussian_data_with_the_exact_score():
 def test_ode_likelihood_of_the_mixture_with_its_exact_score():
     """The same for the 8-Gaussian mixture: the exact denoiser E[eps | z] makes the ODE
     likelihood the (blurred) mixture density, to the RK4 error (200 steps: 1e-4 nats)."""
-    density = dm.eight_gaussians()
+    density = densities.eight_gaussians()
     x = torch.tensor(density.sample(20, np.random.default_rng(1)))
     g0, g1 = -8.0, 8.0
-    got = dm.ode_log_likelihood(
+    got = ode_log_likelihood(
         density.eps_star, x, g0, g1, 200, lambda z: density.marginal_log_prob(z, g1)
     )
-    blurred = dm.IsotropicMixture(
+    blurred = densities.IsotropicMixture(
         density.locs, density.log_weights, math.sqrt(density.scale**2 + math.exp(g0)), ""
     )
     torch.testing.assert_close(got, blurred.log_prob(x), rtol=0, atol=1e-4)
@@ -470,15 +475,15 @@ def test_a_longer_run_gets_close_to_the_data_density():
 def test_expected_log_density_of_the_eight_gaussians():
     """E log p_data by Gauss-Hermite: converged in the nodes, and within 4 SE of the sample mean
     of 200,000 draws; a wider circle changes the density, not the entropy's local part."""
-    density = dm.eight_gaussians()
-    exact = dm.expected_log_density(density, 40)
-    assert exact == pytest.approx(dm.expected_log_density(density, 80), abs=1e-8)
+    density = densities.eight_gaussians()
+    exact = densities.expected_log_density(density, 40)
+    assert exact == pytest.approx(densities.expected_log_density(density, 80), abs=1e-8)
     x = torch.as_tensor(density.sample(200_000, np.random.default_rng(0)))
     lp = density.log_prob(x)
     assert exact == pytest.approx(lp.mean().item(), abs=4 * lp.std().item() / 200_000**0.5)
     # far-apart components: -H = -log 8 - log(2 pi e s^2), the entropy of 8 disjoint Gaussians
-    wide = dm.eight_gaussians(radius=100.0)
+    wide = densities.eight_gaussians(radius=100.0)
     s2 = wide.scale**2
-    assert dm.expected_log_density(wide) == pytest.approx(
+    assert densities.expected_log_density(wide) == pytest.approx(
         -math.log(8) - math.log(2 * math.pi * math.e * s2), abs=1e-9
     )

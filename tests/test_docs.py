@@ -170,6 +170,9 @@ def test_index_has_the_applications_table(docs_build: DocsBuild):
     assert 'id="applications-table"' in index
     for header in ("what is exact", "θ (model)", "φ (guide)"):
         assert header in index
+    assert 'id="models-table"' in index  # from the registry: every model, linked
+    for model in zoo.model_names():
+        assert f"auto_examples/{page_stem(model)}.html" in index, model
     assert "Evidence = ELBO + gap." in index
     assert "ELBO = expected log-likelihood − KL to the prior." in index
 

@@ -42,7 +42,6 @@ from scipy.stats import beta as beta_dist
 from scipy.stats import binom, norm
 
 import zoo
-import zoo.models.empirical_bayes  # registers the models (until zoo/models/__init__ does)
 from zoo.diagnostics import finite_or_none
 from zoo.errors import DataError, ZooError
 from zoo.models.empirical_bayes import (

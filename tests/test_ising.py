@@ -13,7 +13,8 @@ import zoo
 import zoo.models.ising
 from guides.autoregressive import AutoregressiveLattice, MaskedDenseNet
 from zoo.diagnostics import evaluate
-from zoo.ising_exact import (
+from zoo.models.ising import Ising, mean_field_elbo, mean_field_optimum
+from zoo.models.ising.exact import (
     BETA_C,
     CATALAN,
     adjacency,
@@ -25,7 +26,6 @@ from zoo.ising_exact import (
     thermodynamics,
     transfer_matrix_log_z,
 )
-from zoo.models.ising import Ising, mean_field_elbo, mean_field_optimum
 
 BETAS = [0.2, BETA_C, 0.7]
 

@@ -17,10 +17,8 @@ from scipy import optimize as scipy_optimize
 
 from zoo import optimize
 from zoo.errors import ZooError
-from zoo.models.empirical_bayes import (
-    AT_BATS,
-    BASEBALL,
-    EIGHT_SCHOOLS,
+from zoo.models.empirical_bayes.data import AT_BATS, BASEBALL, EIGHT_SCHOOLS
+from zoo.models.empirical_bayes.maxima import (
     KAPPA_MAX,
     _beta_binomial_torch,
     beta_binomial_log_marginal,

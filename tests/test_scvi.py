@@ -22,23 +22,22 @@ from pyro.optim import ClippedAdam
 from scipy import stats
 
 import zoo
-import zoo.single_cell as sc
+import zoo.models.scvi.hdf5 as hdf5
 from zoo.diagnostics import evaluate
 from zoo.errors import DataError
 from zoo.models.scvi import (
+    NonCountWarning,
     ScviCounts,
     SingleCellVI,
     gene_statistics,
     grid_log_likelihood,
-    simulate_scvi,
-)
-from zoo.single_cell import (
-    NonCountWarning,
     load_counts,
     load_pbmc68k_reduced,
+    pbmc68k_reduced_path,
     read_10x_mtx,
     read_count_csv,
     read_h5ad,
+    simulate_scvi,
     write_h5ad,
 )
 
@@ -49,7 +48,7 @@ torch.set_num_threads(1)
 def pbmc_path():
     """scanpy's bundled file; skipped where scanpy is not installed (an error on CI)."""
     try:
-        return sc.pbmc68k_reduced_path()
+        return pbmc68k_reduced_path()
     except DataError as exc:
         if os.environ.get("CI"):
             raise
@@ -112,8 +111,8 @@ def test_backed_reader_equals_dense_reader(pbmc, monkeypatch):
     assert backed.source.backed and not pbmc.source.backed
     rng = np.random.default_rng(0)
     np.testing.assert_array_equal(backed.source.totals(), pbmc.source.totals())
-    for gap in (sc._MERGE_GAP, 0):  # one merged read, and one read per row
-        monkeypatch.setattr(sc, "_MERGE_GAP", gap)
+    for gap in (hdf5._MERGE_GAP, 0):  # one merged read, and one read per row
+        monkeypatch.setattr(hdf5, "_MERGE_GAP", gap)
         for _ in range(3):
             idx = rng.choice(700, 128, replace=False)
             np.testing.assert_array_equal(backed.source.rows(idx), pbmc.source.rows(idx))
@@ -549,6 +548,26 @@ def test_latent_means_table(pbmc_fit, tmp_path):
     back = pd.read_csv(path)
     np.testing.assert_allclose(back["z1"].to_numpy(), table["z1"].to_numpy(), rtol=1e-6)
     assert set(result.tables()) == {"latent_means"}
+
+
+def test_held_out_report_is_the_model_on_held_out_cells(pbmc_fit):
+    """The held-out numbers are the same model's evaluation with the held-out cells bound
+    (``with_data``, as scvi-tools' ``get_marginal_ll(adata=...)``); the model keeps its own."""
+    model, result = pbmc_fit
+    result.activate()
+    guide = result.guide
+    test = model.with_data(model.held_out)
+    assert test.num_data == 70 and model.num_data == 630 and test.decoder is model.decoder
+    assert list(test.cell_names) == list(model.cell_names_test)
+    pyro.set_rng_seed(4)
+    by_hand = evaluate(test, guide.bind(test), num_particles=30, with_khat=False)
+    pyro.set_rng_seed(4)
+    report = model.held_out_diagnostics(guide, 30)
+    assert report["num_cells"] == 70
+    assert report["marginal_log_likelihood"] == by_hand.iwae and report["elbo"] == by_hand.elbo
+    np.testing.assert_array_equal(
+        model.posterior_means(guide, held_out=True)["z"], test.posterior_means(guide)["z"]
+    )
 
 
 def test_figures(pbmc_fit):

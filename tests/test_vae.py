@@ -19,6 +19,7 @@ from zoo.errors import DataError
 from zoo.models.vae import (
     LinearGaussian,
     LinearVAE,
+    Points,
     VariationalAutoencoder,
     diagonal_gap,
     gaussian_kl,
@@ -287,6 +288,27 @@ def test_test_split_uses_the_same_networks(short_vae):
     with pyro.poutine.trace() as tr:
         bound()
     torch.testing.assert_close(tr.trace.nodes["z"]["fn"].mean[:5], q_train.mean)
+
+
+def test_with_data_is_the_same_model_on_other_points(short_vae):
+    """``with_data`` binds the same networks and parameters to other rows; the original model
+    keeps its data, and the held-out report is the model's own evaluation on its test split."""
+    short_vae.activate()
+    model, guide = short_vae.model, short_vae.guide
+    n = model.num_data
+    few = model.with_data(Points(model.x_test[:7]))
+    assert few.num_data == 7 and few.decoder is model.decoder and few.x is not model.x
+    assert model.num_data == n and model.x.shape[0] == n
+    torch.testing.assert_close(
+        few.posterior_means(guide, few.x), model.posterior_means(guide, model.x_test[:7])
+    )
+    test = model.with_data(model.held_out)
+    pyro.set_rng_seed(3)
+    by_hand = evaluate(test, guide.bind(test), num_particles=30, with_khat=False)
+    pyro.set_rng_seed(3)
+    report = model.test_diagnostics(guide, 30)
+    assert report["num_data"] == len(model.x_test)
+    assert report["elbo"] == by_hand.elbo and report["iwae"] == by_hand.iwae
 
 
 def test_figures(short_vae):

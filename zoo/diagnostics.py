@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 import pyro.distributions as dist
 import torch
-from pyro.infer.importance import vectorized_importance_weights
 from pyro.poutine.util import site_is_subsample
 
 from zoo.data_blocks import data_blocks, on_block
 from zoo.errors import ZooError
 from zoo.model import ZooModel
+from zoo.particles import vectorized_or_named
 from zoo.psis import MIN_DRAWS, pareto_khat
 
 #: a particle chunk holds at most this many (particle, data point) pairs
@@ -248,11 +248,12 @@ def _evaluate_chunk(
     zoo_model: ZooModel, guide: Callable, num: int, block: torch.Tensor | None = None
 ) -> _Chunk:
     mpn = zoo_model.max_plate_nesting
-    _, model_trace, guide_trace = vectorized_importance_weights(
+    _, model_trace, guide_trace = vectorized_or_named(
         on_block(zoo_model.model, zoo_model, block),
         on_block(guide, zoo_model, block),
-        num_samples=num,
-        max_plate_nesting=mpn,
+        num,
+        mpn,
+        zoo_model.name,
     )
     # the particles sit at dim -(max_plate_nesting + 1) of every log-prob
     q_sites = _latent_sites(guide_trace)

@@ -63,6 +63,7 @@ from pyro.poutine.util import site_is_subsample
 
 from zoo.errors import ZooError, first_line
 from zoo.psis import MIN_DRAWS, pareto_khat
+from zoo.run_files import CONFIG, REPORT
 
 if TYPE_CHECKING:  # pragma: no cover
     from zoo.model import ZooModel
@@ -360,8 +361,6 @@ def load(run_dir: str | Path) -> SavedRun:
     none) and the parsed ``report.json``. A directory without a finished run (no such
     directory, no ``report.json``), or an unreadable file, is a one-line :class:`ZooError`.
     """
-    from zoo.outputs import CONFIG, REPORT
-
     directory = Path(run_dir)
     if not directory.is_dir():
         raise ZooError(f"{run_dir} is not a run directory")

@@ -1,40 +1,61 @@
-"""The contract every zoo model fulfils.
+"""The contract every zoo model fulfils, in three tiers.
 
 A zoo model is a Pyro model together with the guides it supports, its data, and whatever is
 known exactly about it. The runner (:mod:`zoo.runner`), the diagnostics
 (:mod:`zoo.diagnostics`) and the command line (:mod:`zoo.run`) only ever talk to a model
-through this class, so a new application of the ELBO is one new subclass in ``zoo/models/``.
+through this class, and never branch on its name. A new application of the ELBO is one module
+(or package) under ``zoo/models/`` with a :func:`~zoo.registry.register`-ed subclass: the
+registry finds it there, :mod:`zoo.contract` checks it (``tests/test_contract.py`` runs every
+model and guide through it), and the docs list it from the registry.
 
-What a subclass must provide
-----------------------------
-- ``name`` (registry key, kebab-case), ``title``, ``application`` (the row of the applications
-  table it belongs to) and ``reference`` (the paper or chapter it follows);
-- ``setup(data, **options)``: load or simulate the data, set ``num_data``;
-- ``model(subsample_size=None)``: the Pyro model. It must broadcast over a leading particle
-  dimension (vectorized particles), so write ``(w * X).sum(-1)`` rather than ``X @ w``;
-- ``guides`` and ``default_guide``: the guide names it accepts. Names from
-  :data:`guides.FAMILIES` are built generically; a model adds its own (for example ``exact``)
-  by overriding :meth:`build_guide`.
+Mandatory: without these nothing runs
+-------------------------------------
+- ``name`` (kebab-case, the registry key and the command), ``title``, ``application`` (one of
+  :data:`zoo.applications.APPLICATIONS`: where the docs place it) and ``reference`` (the paper
+  or chapter the model follows: the reader's way to check it);
+- :meth:`setup` ``(data, **options)``: load or simulate the data, set ``num_data``;
+- :meth:`model` ``(subsample_size=None)``: the Pyro model. It must broadcast over a leading
+  particle dimension, because the estimators and the diagnostics draw particles vectorized:
+  write ``(w * X).sum(-1)``, not ``X @ w``. The contract checks it by scoring the same
+  particles vectorized and one at a time (:mod:`zoo.particles`), and names the model if not;
+- ``guides`` and ``default_guide``: the guides it accepts. Names from
+  :data:`guides.FAMILIES` are built generically; a model adds its own (``exact``) by
+  overriding :meth:`build_guide`. Every hook that concerns a guide receives its name with it.
 
-What a subclass should provide where it exists
-----------------------------------------------
+Recommended: what makes the zoo's reports worth reading
+-------------------------------------------------------
 - :meth:`log_evidence`: the exact log evidence at the current parameters (closed form,
-  quadrature, transfer matrix). Never an estimate: leave it out where nothing is exact.
-- :meth:`best_elbo`: the largest ELBO a guide family can reach, where known exactly.
-- :meth:`closed_form_step`: one coordinate-ascent update in closed form (EM, CAVI).
-- :meth:`local_step`: the closed-form optimum of the local factors of a guide, applied around
-  every SVI step (for the guides in ``local_step_guides``).
-- :meth:`summary` and :meth:`plots`: fitted quantities and the model's own figures.
-- ``save_posterior_draws = True`` where the latent is a parameter vector (a few latents
-  overall, or one per group of a small hierarchy), so every run saves ArviZ data of its fitted
-  guide (:mod:`zoo.inference_data`: posterior draws, importance weights, pointwise
-  log-likelihood for ``arviz.loo``, the data), with :attr:`arviz_dims` naming the dims of its
-  sites and :meth:`arviz_coords` giving their coordinate values (school names, feature names).
+  quadrature, transfer matrix), never an estimate: it is what the ELBO is measured against;
+- :meth:`exact_elbo`, :meth:`best_elbo` and :meth:`max_log_evidence`: the fitted guide's ELBO
+  free of Monte Carlo error, the best its family can reach, the maximum over theta; each
+  report puts the shortfall from them beside the gap;
+- :meth:`summary`, :meth:`plots` and :meth:`tables`: the fitted quantities, the model's own
+  figures and tables (the latter two read a :class:`~zoo.run_view.RunView`);
+- ``options`` (:class:`~zoo.options.Option`: the command-line flags), ``smoke_options`` (the
+  smallest run that exercises everything: the contract and command-line smoke tests use it)
+  and ``training`` (:class:`Training` defaults: steps, learning rate).
+
+Optional: where the model has the maths or the data for it
+----------------------------------------------------------
+- closed-form training: :meth:`closed_form_step` (one EM or CAVI sweep), its
+  ``closed_form_name``, and ``default_method = "closed-form"`` where users expect it; SVI
+  with closed-form local factors: :meth:`local_step` for the guides in
+  ``local_step_guides``;
+- estimators: ``estimators`` (the ``--elbo`` choices), ``default_elbo`` and
+  ``elbo_for_guide``; ``importance_weights = False`` where the per-particle log ratios are not
+  importance weights (no IWAE, no k-hat);
+- mini-batching: ``data_plate`` (the plate of per-point latents), :meth:`create_plates` (for
+  autoguides), ``data_block_size`` and ``eval_chunk_budget`` (passes over all the data a block
+  at a time: :mod:`zoo.data_blocks`); ``max_plate_nesting``;
+- schedules: :meth:`on_step` (an annealed temperature follows the run);
+- ArviZ: ``save_posterior_draws`` with ``arviz_dims`` and :meth:`arviz_coords`, where the
+  latent is a parameter vector (:mod:`zoo.inference_data`);
+- ``data_help`` (what ``--data PATH`` accepts), ``leaderboard`` (the runs of
+  ``zoo.run all``), ``training_for_guide``, ``maximum_label``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,117 +65,23 @@ import numpy as np
 import torch
 
 from zoo.errors import ZooError, first_line
+from zoo.options import (  # noqa: F401  (the option types, importable from here as before)
+    SEED_LIMIT,
+    Option,
+    at_least,
+    boolean,
+    finite_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    seed_value,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     from matplotlib.figure import Figure
 
     from zoo.run_view import RunView
-
-
-def positive_float(value: Any) -> float:
-    """An option type: a finite number > 0."""
-    number = float(value)
-    if not (number > 0 and math.isfinite(number)):
-        raise ValueError(f"{value!r} is not a positive number")
-    return number
-
-
-def finite_float(value: Any) -> float:
-    """An option type: a finite number (no NaN, no infinity)."""
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a number")
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(f"{value!r} is not a finite number")
-    return number
-
-
-def at_least(low: int) -> Callable[[Any], int]:
-    """An option type: an integer >= ``low`` (``"3"`` and ``3.0`` pass, ``2.5`` does not)."""
-
-    def convert(value: Any) -> int:
-        if isinstance(value, bool):
-            raise ValueError(f"{value!r} is not an integer >= {low}")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{value!r} is not an integer >= {low}") from None
-        if not (math.isfinite(number) and number == int(number) and int(number) >= low):
-            raise ValueError(f"{value!r} is not an integer >= {low}")
-        return int(number) if abs(number) < 2**53 else int(str(value))
-
-    convert.__name__ = "int"
-    return convert
-
-
-non_negative_int = at_least(0)
-#: an option type: an integer >= 1 (``"3"`` and ``3.0`` pass, ``2.5`` and ``True`` do not)
-positive_int = at_least(1)
-
-#: seeds are what numpy's and torch's generators accept: 0 <= seed < 2**32
-SEED_LIMIT = 2**32
-
-
-def seed_value(value: Any) -> int:
-    """An option type: a random seed, an integer in [0, 2**32)."""
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a seed")
-    try:
-        number = int(value) if not isinstance(value, float) else int(float(value))
-    except (TypeError, ValueError):
-        raise ValueError(f"{value!r} is not an integer seed") from None
-    if isinstance(value, float) and value != number:
-        raise ValueError(f"{value!r} is not an integer seed")
-    if not 0 <= number < SEED_LIMIT:
-        raise ValueError(f"seed {value!r} is outside [0, 2**32)")
-    return number
-
-
-seed_value.__name__ = "int"
-
-
-def boolean(value: Any) -> bool:
-    """An option type: true/false, yes/no, on/off, 1/0."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{value!r} is not a boolean (true/false)")
-
-
-@dataclass(frozen=True)
-class Option:
-    """A model-specific option, exposed as ``--<name>`` on the command line.
-
-    ``type`` converts a string (from the command line) or a Python value into the option's
-    value and raises :class:`ValueError` with a readable message when it cannot.
-    """
-
-    name: str
-    type: Callable[[Any], Any]
-    default: Any
-    help: str
-    choices: tuple[Any, ...] | None = None
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-    def convert(self, value: Any) -> Any:
-        if value is None:
-            return None
-        try:
-            converted = self.type(value)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise ZooError(f"option {self.flag}: {exc}") from None
-        if self.choices is not None and converted not in self.choices:
-            allowed = ", ".join(map(str, self.choices))
-            raise ZooError(f"option {self.flag}: {value!r} is not one of {allowed}")
-        return converted
 
 
 @dataclass(frozen=True)
@@ -217,6 +144,9 @@ class ZooModel:
     #: guides whose local factors have a closed-form optimum given everything else: SVI runs
     #: with them apply :meth:`local_step` around every gradient step unless told not to
     local_step_guides: ClassVar[tuple[str, ...]] = ()
+    #: how a run trains unless told otherwise: "svi", or "closed-form" where the closed-form
+    #: updates are what users of the model expect (variational EM for LDA)
+    default_method: ClassVar[str] = "svi"
     #: what a closed-form coordinate-ascent step is called for this model ("EM", "CAVI")
     closed_form_name: ClassVar[str | None] = None
     #: runs shown on the leaderboard of ``python -m zoo.run all``: overrides of the defaults
@@ -230,6 +160,10 @@ class ZooModel:
     arviz_dims: ClassVar[dict[str, tuple[str, ...]]] = {}
     #: what ``--data PATH`` accepts, when the model reads the user's own data file
     data_help: ClassVar[str | None] = None
+    #: options for the smallest run that still exercises everything (a small lattice, a few
+    #: hundred points): the contract test (:mod:`zoo.contract`) and the command-line smoke
+    #: test build the model with them
+    smoke_options: ClassVar[dict[str, Any]] = {}
 
     num_data: int
 

@@ -38,6 +38,7 @@ import numpy as np
 
 from zoo.diagnostics import finite_or_none
 from zoo.errors import ZooError
+from zoo.run_files import CONFIG, LOCK, REPORT
 
 try:
     import fcntl
@@ -49,13 +50,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from zoo.inference_data import PosteriorDraws
     from zoo.results import FitResult
-
-REPORT = "report.json"
-CONFIG = "config.json"
-CHECKPOINT = "checkpoint.pt"
-#: the lock file inside a run directory (empty; held with flock while a run writes there)
-LOCK = ".lock"
-RESUME_COMMAND = "python -m zoo.run --resume"
 
 
 def default_run_dir(model: str, seed: int, root: str | Path = "runs") -> Path:

@@ -197,9 +197,11 @@ def _device(value: Any) -> str:
     return value
 
 
-def _methods() -> tuple[str, ...]:
-    from zoo.runner import METHODS  # the runner imports this module
+#: how a run trains: SVI, or the model's closed-form coordinate ascent (EM, CAVI)
+METHODS = ("svi", "closed-form")
 
+
+def _methods() -> tuple[str, ...]:
     return METHODS
 
 

@@ -33,10 +33,11 @@ from zoo.model import (
     positive_int,
     seed_value,
 )
-from zoo.outputs import RESUME_COMMAND, RunInterrupted, default_run_dir
+from zoo.outputs import RunInterrupted, default_run_dir
 from zoo.psis import MIN_DRAWS
 from zoo.registry import get_model, model_names
 from zoo.results import FitResult
+from zoo.run_files import RESUME_COMMAND
 from zoo.runner import (
     MAX_EVAL_PARTICLES,
     METHODS,
@@ -159,7 +160,12 @@ def _add_training_options(parser: argparse.ArgumentParser, cls: type[ZooModel]) 
     )
     methods = METHODS if cls.has_closed_form() else ("svi",)
     closed = f"; closed-form = {cls.closed_form_name}" if cls.has_closed_form() else ""
-    train.add_argument("--method", choices=methods, default="svi", help=f"training{closed}")
+    train.add_argument(
+        "--method",
+        choices=methods,
+        default=cls.default_method,
+        help=f"training (default {cls.default_method}){closed}",
+    )
     train.add_argument("--steps", type=_positive_int, help=f"steps (default {t.steps})")
     train.add_argument("--lr", type=_positive_float, help=f"learning rate (default {t.lr})")
     train.add_argument(

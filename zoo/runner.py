@@ -50,29 +50,31 @@ from zoo.diagnostics import evaluate, quick_terms
 from zoo.errors import NonFiniteLossError, ZooError, first_line
 from zoo.estimators import ESTIMATORS, make_estimator, prepare_guide
 from zoo.live_logs import LiveLogs
-from zoo.model import ZooModel, positive_int, seed_value
+from zoo.model import ZooModel
+from zoo.options import (  # noqa: F401  (re-exported for the command line)
+    MAX_EVAL_PARTICLES,
+    available_cpus,
+    eval_particle_count,
+    positive_int,
+    seed_value,
+    thread_count,
+)
 from zoo.outputs import (
-    CHECKPOINT,
-    CONFIG,
-    REPORT,
-    RESUME_COMMAND,
     InterruptLatch,
     RunDirectory,
     RunInterrupted,
     save_run,
     write_atomic,
 )
-from zoo.psis import MIN_DRAWS
 from zoo.registry import get_model
-from zoo.results import FitResult, RunConfig
+from zoo.results import METHODS, FitResult, RunConfig
+from zoo.run_files import CHECKPOINT, CONFIG, REPORT, RESUME_COMMAND
 from zoo.stored_runs import (
     data_provenance,
     read_checkpoint,
     read_config,
     resume_data,
 )
-
-METHODS = ("svi", "closed-form")
 
 
 def fit(
@@ -81,7 +83,7 @@ def fit(
     *,
     guide: str | None = None,
     elbo: str | None = None,
-    method: str = "svi",
+    method: str | None = None,
     steps: int | None = None,
     lr: float | None = None,
     lr_final_factor: float | None = None,
@@ -333,36 +335,6 @@ def _check_device(device: str) -> None:
 
 
 #: the most particles the final diagnostics take (their cost grows linearly in them)
-MAX_EVAL_PARTICLES = 1_000_000
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
-
-
-def thread_count(value: Any) -> int:
-    """A torch thread count: 1 to the number of CPUs here (more only slows, and a huge count
-    exhausts the OpenMP runtime's memory)."""
-    number = positive_int(value)
-    if number > available_cpus():
-        raise ValueError(f"{value!r} threads: this machine has {available_cpus()} CPUs")
-    return number
-
-
-def eval_particle_count(value: Any) -> int:
-    """Particles for the final diagnostics: at least PSIS's minimum, at most MAX_EVAL_PARTICLES."""
-    number = positive_int(value)
-    if number < MIN_DRAWS:
-        raise ValueError(f"{value!r} particles: k-hat needs at least {MIN_DRAWS} for a tail")
-    if number > MAX_EVAL_PARTICLES:
-        raise ValueError(f"{value!r} particles: at most {MAX_EVAL_PARTICLES:,}")
-    return number
-
-
 def _checked(convert: Callable[[Any], Any], value: Any, what: str) -> Any:
     try:
         return convert(value)
@@ -384,7 +356,7 @@ def _make_config(zoo_model: ZooModel, *, data: Any, **kw: Any) -> RunConfig:
             f"model {m.name!r} has no guide {guide!r}; choose from {', '.join(m.guides)}"
         )
     t = m.training_settings(guide)
-    method = kw["method"]
+    method = kw["method"] or m.default_method
     if method not in METHODS:
         raise ZooError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if method == "closed-form" and not m.has_closed_form():

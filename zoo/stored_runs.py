@@ -22,8 +22,8 @@ import torch
 
 from zoo.errors import ZooError, first_line
 from zoo.model import ZooModel
-from zoo.outputs import CHECKPOINT, CONFIG
 from zoo.results import RunConfig
+from zoo.run_files import CHECKPOINT, CONFIG
 
 
 def read_config(run_dir: str | Path) -> RunConfig:

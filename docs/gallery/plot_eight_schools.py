@@ -20,7 +20,6 @@ the ELBO equals the exact log marginal likelihood at every step. Follows Rubin
 import os
 
 import zoo
-import zoo.models.empirical_bayes  # registers the models (until zoo.models imports it)
 from zoo.leaderboard import compare
 from zoo.run import format_result
 

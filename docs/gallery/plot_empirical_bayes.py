@@ -24,7 +24,6 @@ maximum sits on the boundary tau = 0, have a page of their own). Follows Efron &
 import os
 
 import zoo
-import zoo.models.empirical_bayes  # registers the models (until zoo.models imports it)
 from zoo.leaderboard import compare
 from zoo.run import format_result
 

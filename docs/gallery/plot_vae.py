@@ -25,7 +25,7 @@ Follows Kingma & Welling (2014), Burda et al. (2016) and Kingma et al. (2016).
 import os
 
 import zoo
-from zoo.collapse import CollapseReport, format_collapse
+from zoo.models.amortized import CollapseReport, format_collapse
 from zoo.run import format_result
 
 QUICK = os.environ.get("ZOO_DOCS_QUICK") == "1"  # set by `make -C docs html-quick`

@@ -41,7 +41,6 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
 from zoo.data import as_float_array, read_numeric_table
 from zoo.errors import DataError, ZooError
@@ -192,7 +191,6 @@ class BayesianLinearRegression(ZooModel):
     save_posterior_draws = True
     arviz_dims = {"w": ("feature",), "y": ("observation",)}
     # the exact guide has no parameters: one step is all its training
-    # the exact guide has no parameters: one step is all its training
     training_for_guide = {"exact": Training(steps=1, quick_steps=1, particles=1)}
     leaderboard = ({"guide": "mean-field"}, {"guide": "full-rank"}, {"guide": "exact"})
 
@@ -297,28 +295,31 @@ class BayesianLinearRegression(ZooModel):
 
     def exact_elbo(self, guide: Callable[..., Any], guide_name: str) -> float:
         """Every guide here is Gaussian: its ELBO in closed form (:func:`gaussian_elbo`)."""
-        mean, cov = self.guide_gaussian(guide)
+        mean, cov = self.guide_gaussian(guide, guide_name)
         return gaussian_elbo(self.x, self.y, self.prior_scale, self.noise_scale, mean, cov)
 
     # -- reading a fitted guide --------------------------------------------------------------------
     @torch.no_grad()
-    def guide_gaussian(self, guide: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and covariance of a guide's q(w), read from the guide's own parameters.
+    def guide_gaussian(self, guide: Any, guide_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and covariance of q(w) of the guide called ``guide_name``, read from the guide's
+        own parameters: the exact guide's is the posterior, the mean field's
+        (:class:`~pyro.infer.autoguide.AutoNormal`) diagonal, the full rank's
+        (:class:`~pyro.infer.autoguide.AutoMultivariateNormal`) full.
 
         Autoguides keep their fitted values as module attributes (they stay this run's values
         when another run's parameters are loaded into Pyro's global param store)."""
-        if getattr(guide, "__func__", None) is BayesianLinearRegression.exact_guide:
+        if guide_name == "exact":
             return self.post_mean.clone(), self.post_cov.clone()
-        if isinstance(guide, AutoNormal):
+        if guide_name == "mean-field":
             loc, scale = guide.locs.w.detach(), guide.scales.w.detach()
             return loc.clone(), torch.diag(scale**2)
-        if isinstance(guide, AutoMultivariateNormal):
+        if guide_name == "full-rank":
             q = guide.get_posterior()  # the latent is w itself: its support is unconstrained
             return q.loc.detach().clone(), q.covariance_matrix.detach().clone()
-        raise ZooError(f"cannot read a Gaussian q(w) from a {type(guide).__name__}")
+        raise ZooError(f"cannot read a Gaussian q(w) from the {guide_name!r} guide")
 
     def summary(self, guide: Callable[..., Any], guide_name: str) -> dict[str, Any]:
-        mean, cov = self.guide_gaussian(guide)
+        mean, cov = self.guide_gaussian(guide, guide_name)
         log_ev = self.log_evidence()
         best_mf = self.best_mean_field_elbo()
         fitted_elbo = gaussian_elbo(self.x, self.y, self.prior_scale, self.noise_scale, mean, cov)
@@ -360,50 +361,74 @@ class BayesianLinearRegression(ZooModel):
         """``posterior_ellipses``: for the most correlated pairs of weights, the exact posterior's
         2-sigma ellipse, the best mean field's (axis-aligned, too narrow: PRML Fig. 10.2) and the
         fitted guide's own."""
-        import matplotlib.pyplot as plt
-
-        from zoo.plots import ellipse
-
-        mean, cov = self.guide_gaussian(run.guide)
-        exact_mean, exact_cov = self.post_mean.cpu().numpy(), self.post_cov.cpu().numpy()
-        best_mf_cov = np.diag(1.0 / self.precision.diagonal().cpu().numpy())
-        mean, cov = mean.cpu().numpy(), cov.cpu().numpy()
         pairs = self.correlated_pairs(min(3, self.dim * (self.dim - 1) // 2))
         if not pairs:
             return {}
-        fig, axes = plt.subplots(
-            1, len(pairs), figsize=(4.2 * len(pairs), 4.2), constrained_layout=True, squeeze=False
+        mean, cov = self.guide_gaussian(run.guide, run.guide_name)
+        fig = posterior_ellipses(
+            pairs,
+            self.feature_names,
+            exact_mean=self.post_mean.cpu().numpy(),
+            exact_cov=self.post_cov.cpu().numpy(),
+            best_mean_field_cov=np.diag(1.0 / self.precision.diagonal().cpu().numpy()),
+            fitted_mean=mean.cpu().numpy(),
+            fitted_cov=cov.cpu().numpy(),
+            fitted_label=f"fitted {run.guide_name}",
+            title=f"{self.title}: 2-sigma ellipses, {run.guide_name} guide ({run.method})",
         )
-        for ax, (i, j) in zip(axes[0], pairs, strict=True):
-            idx = [i, j]
-            sub = np.ix_(idx, idx)
-            rho = exact_cov[i, j] / math.sqrt(exact_cov[i, i] * exact_cov[j, j])
-            ellipse(ax, exact_mean[idx], exact_cov[sub], color="k", lw=2, label="exact posterior")
-            ellipse(
-                ax,
-                mean[idx],
-                cov[sub],
-                color="C0",
-                lw=3,
-                alpha=0.6,
-                label=f"fitted {run.guide_name}",
-            )
-            ellipse(
-                ax,
-                exact_mean[idx],
-                best_mf_cov[sub],
-                color="C1",
-                lw=1.5,
-                ls="--",
-                label="best mean field",
-            )
-            ax.plot(*exact_mean[idx], "k+", ms=10)
-            ax.plot(*mean[idx], "C0x", ms=8)
-            ax.autoscale_view()
-            ax.set_xlabel(f"w[{self.feature_names[i]}]")
-            ax.set_ylabel(f"w[{self.feature_names[j]}]")
-            ax.set_title(f"posterior correlation {rho:+.2f}")
-            ax.set_aspect("equal", adjustable="datalim")
-        axes[0][0].legend(loc="best", fontsize=8)
-        fig.suptitle(f"{self.title}: 2-sigma ellipses, {run.guide_name} guide ({run.method})")
         return {"posterior_ellipses": fig}
+
+
+# --------------------------------------------------------------------------------------------
+# The figure (arrays in)
+# --------------------------------------------------------------------------------------------
+def posterior_ellipses(
+    pairs: list[tuple[int, int]],
+    feature_names: list[str],
+    *,
+    exact_mean: np.ndarray,
+    exact_cov: np.ndarray,
+    best_mean_field_cov: np.ndarray,
+    fitted_mean: np.ndarray,
+    fitted_cov: np.ndarray,
+    fitted_label: str,
+    title: str,
+) -> Figure:
+    """One panel per pair (i, j) of weights: the 2-sigma ellipses of the exact posterior
+    N(exact_mean, exact_cov), of the best mean field (the exact means with
+    ``best_mean_field_cov``, diagonal) and of the fitted q(w) = N(fitted_mean, fitted_cov),
+    each restricted to (w_i, w_j) (PRML Fig. 10.2)."""
+    import matplotlib.pyplot as plt
+
+    from zoo.plots import ellipse
+
+    fig, axes = plt.subplots(
+        1, len(pairs), figsize=(4.2 * len(pairs), 4.2), constrained_layout=True, squeeze=False
+    )
+    for ax, (i, j) in zip(axes[0], pairs, strict=True):
+        idx = [i, j]
+        sub = np.ix_(idx, idx)
+        rho = exact_cov[i, j] / math.sqrt(exact_cov[i, i] * exact_cov[j, j])
+        ellipse(ax, exact_mean[idx], exact_cov[sub], color="k", lw=2, label="exact posterior")
+        ellipse(
+            ax, fitted_mean[idx], fitted_cov[sub], color="C0", lw=3, alpha=0.6, label=fitted_label
+        )
+        ellipse(
+            ax,
+            exact_mean[idx],
+            best_mean_field_cov[sub],
+            color="C1",
+            lw=1.5,
+            ls="--",
+            label="best mean field",
+        )
+        ax.plot(*exact_mean[idx], "k+", ms=10)
+        ax.plot(*fitted_mean[idx], "C0x", ms=8)
+        ax.autoscale_view()
+        ax.set_xlabel(f"w[{feature_names[i]}]")
+        ax.set_ylabel(f"w[{feature_names[j]}]")
+        ax.set_title(f"posterior correlation {rho:+.2f}")
+        ax.set_aspect("equal", adjustable="datalim")
+    axes[0][0].legend(loc="best", fontsize=8)
+    fig.suptitle(title)
+    return fig

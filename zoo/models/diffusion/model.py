@@ -3,7 +3,9 @@
 Follows Ho, Jain & Abbeel (2020), "Denoising diffusion probabilistic models" (DDPM), NeurIPS,
 and Kingma, Salimans, Poole & Ho (2021), "Variational diffusion models" (VDM), NeurIPS; the
 probability-flow ODE of Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole (2021), ICLR. The
-maths (schedules, kernels, KLs, the ODE, the data densities) is in :mod:`zoo.diffusion_math`.
+maths is beside it in :mod:`zoo.models.diffusion`: schedules, kernels and KLs in
+:mod:`~zoo.models.diffusion.maths`, the network in :mod:`~zoo.models.diffusion.network`, the
+ODE in :mod:`~zoo.models.diffusion.ode`, the data densities in :mod:`~zoo.models.diffusion.exact`.
 
 Each data point x_n in R^2 has a chain of latents z_n = (z_1 .. z_T). The guide is the forward
 process q(z_{1:T} | x) = prod_t N(z_t | sqrt(1 - beta_t) z_{t-1}, beta_t), z_0 = x, with no
@@ -15,16 +17,17 @@ a Pyro model/guide pair trained with ``Trace_ELBO``:
 
 ``mc``
     The plain Monte Carlo ELBO E_q[log p(x, z) - log q(z | x)]: the guide samples the whole
-    chain as one site ``z`` (event shape (T, 2); :class:`~zoo.diffusion_math.ForwardChain`), the
-    model scores it with :class:`~zoo.diffusion_math.ReverseChain` (one batched network call
-    over all T steps instead of T sites: same numbers, far fewer trace entries). The runner's
-    IWAE is then a true per-point importance-weighted bound. Cost per particle grows with T.
+    chain as one site ``z`` (event shape (T, 2);
+    :class:`~zoo.models.diffusion.maths.ForwardChain`), the model scores it with
+    :class:`~zoo.models.diffusion.maths.ReverseChain` (one batched network call over all T steps
+    instead of T sites: same numbers, far fewer trace entries). The runner's IWAE is then a
+    true per-point importance-weighted bound. Cost per particle grows with T.
 ``rb``
     DDPM's Rao-Blackwellised bound -L_T - sum_{t=2}^T L_{t-1} - L_0 with the analytic KL of
     each step, estimated with one step t per point (stratified over the batch), weighted by
     T - 1. Sites: ``u`` (the stratification offset), ``z_t`` ~ q(z_t | x) and ``z_1`` ~
     q(z_1 | x) in both programs; the model scores ``z_t`` with the step's KL as a penalty
-    (:class:`~zoo.diffusion_math.Penalised`) and observes x ~ p(x | z_1).
+    (:class:`~zoo.models.diffusion.maths.Penalised`) and observes x ~ p(x | z_1).
 ``vdm``
     VDM's continuous-time bound (T -> infinity): -L_T - L_0 - 1/2 E_{tau ~ U(0,1)}
     [gamma'(tau) ||eps - eps_hat(z_tau, gamma(tau))||^2], with the same sites as ``rb``.
@@ -83,7 +86,6 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
-from zoo import diffusion_math as dm
 from zoo.data import as_float_array, read_numeric_table
 from zoo.errors import DataError
 from zoo.model import (
@@ -96,6 +98,10 @@ from zoo.model import (
     positive_float,
     seed_value,
 )
+from zoo.models.diffusion import figures, ode
+from zoo.models.diffusion import maths as dm
+from zoo.models.diffusion.exact import DATASETS, expected_log_density, make_dataset
+from zoo.models.diffusion.network import MLPDenoiser
 from zoo.registry import register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -117,13 +123,21 @@ def _mean_se(values: torch.Tensor) -> tuple[float, float]:
 class Diffusion(ZooModel):
     name = "diffusion"
     title = "Diffusion models: DDPM and VDM bounds against the exact data density"
-    application = "diffusion models"
+    application = "Diffusion ELBO"
+    smoke_options = {
+        "num_points": 300,
+        "test_points": 300,
+        "eval_points": 100,
+        "ode_points": 50,
+        "ode_steps": 20,
+        "timesteps": 100,
+    }
     reference = (
         "Ho, Jain & Abbeel (2020), DDPM; Kingma, Salimans, Poole & Ho (2021), VDM; "
         "Song et al. (2021), probability-flow ODE"
     )
     options = (
-        Option("dataset", str, "8gaussians", "data set with a known density", dm.DATASETS),
+        Option("dataset", str, "8gaussians", "data set with a known density", DATASETS),
         Option("num_points", at_least(10), 1000, "training points"),
         Option("test_points", at_least(10), 2000, "fresh points for the held-out report"),
         Option(
@@ -205,13 +219,13 @@ class Diffusion(ZooModel):
         if data is None:
             noise, radius = opts["noise"], opts["radius"]
             try:
-                values, self.density = dm.make_dataset(
+                values, self.density = make_dataset(
                     self.dataset, opts["num_points"], opts["data_seed"], noise, radius
                 )
             except ValueError as exc:
                 raise DataError(str(exc)) from None
             test_seed = (opts["data_seed"] + 1) % 2**32
-            test, _ = dm.make_dataset(self.dataset, opts["test_points"], test_seed, noise, radius)
+            test, _ = make_dataset(self.dataset, opts["test_points"], test_seed, noise, radius)
             self.feature_names = ["x1", "x2"]
         else:
             if isinstance(data, str | Path):
@@ -255,7 +269,7 @@ class Diffusion(ZooModel):
             "ode_points": opts["ode_points"],
             "ode_steps": opts["ode_steps"],
         }
-        self._net: dm.MLPDenoiser | None = None
+        self._net: MLPDenoiser | None = None
         # a (particle, point) pair costs two network passes (mc: T + 1): smaller diagnostics chunks
         self.eval_chunk_budget = max(
             1_000, 250_000 // (self.num_steps if self.objective == "mc" else 1)
@@ -289,7 +303,7 @@ class Diffusion(ZooModel):
         store = pyro.get_param_store()
         if self._net is None or f"{_MODULE}$$$net.0.weight" not in store:
             # a fresh param store (a new run): new weights from the run's seeded RNG
-            self._net = dm.MLPDenoiser(**self.net_options)
+            self._net = MLPDenoiser(**self.net_options)
         return pyro.module(_MODULE, self._net, update_module_params=True)
 
     def gammas(self, num_steps: int | None = None, schedule: str | None = None) -> torch.Tensor:
@@ -403,7 +417,7 @@ class Diffusion(ZooModel):
         whose densities are themselves quadratures over many components, and user data)."""
         if self.density is None or self.dataset != "8gaussians":
             return None
-        return dm.expected_log_density(self.density)
+        return expected_log_density(self.density)
 
     # -- the bounds, evaluated directly (no Pyro), per data point ----------------------------
     def _reconstruction(self, x, eps_fn, g0, draws: int) -> torch.Tensor:
@@ -515,7 +529,7 @@ class Diffusion(ZooModel):
         """log p(x) per point under the probability-flow ODE (exact divergence, RK4)."""
         g0, g1 = (g.item() for g in self.endpoints())
         steps = steps or self.report_sizes["ode_steps"]
-        return dm.ode_log_likelihood(self.eps_fn(), x, g0, g1, steps)
+        return ode.ode_log_likelihood(self.eps_fn(), x, g0, g1, steps)
 
     @torch.no_grad()
     def sample(self, num: int, num_steps: int | None = None) -> torch.Tensor:
@@ -602,196 +616,68 @@ class Diffusion(ZooModel):
 
     def plots(self, run: RunView) -> dict[str, Figure]:
         title = f"{self.dataset}, {self.objective} objective, T = {self.num_steps}"
-        summary = run.summary
+        data = self.x.cpu().numpy()
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            draws = self.sample(min(500, self.num_data)).cpu().numpy()
+        lims = figures.limits(data[:, :2])
+        contours = self.density_contours(lims) if self.dim == 2 else None
+        summary = run.summary if "discrete" in run.summary else self.report()
+        grid, columns = self.denoising_paths()
+        lp = self.log_p_data()
+        history = run.history
         return {
-            "samples": samples_figure(self, title),
-            "elbo_by_step": elbo_split_figure(self, summary, title),
-            "denoising": denoising_figure(self, title),
-            "elbo_vs_ideal": elbo_vs_ideal_figure(self, run.history, title),
+            "samples": figures.samples_figure(
+                data[:, :2], draws[:, :2], title, lims=lims, contours=contours
+            ),
+            "elbo_by_step": figures.elbo_split_figure(summary, title),
+            "denoising": figures.denoising_figure(grid, columns, data, title),
+            "elbo_vs_ideal": figures.elbo_vs_ideal_figure(
+                history["step"].to_numpy(),
+                (history["elbo"] / self.num_data).to_numpy(),
+                None if lp is None else lp.mean().item(),
+                title,
+            ),
         }
 
+    def density_contours(self, lims: figures.Limits) -> figures.Contours | None:
+        """log p_data on a grid over ``lims`` (2-D data), for contours; None for user data."""
+        if self.density is None:
+            return None
+        xs, ys, points = figures.contour_grid(lims)
+        logp = self.density.log_prob(torch.tensor(points)).reshape(len(ys), len(xs)).numpy()
+        return xs, ys, logp
 
-# --------------------------------------------------------------------------------------------
-# Figures
-# --------------------------------------------------------------------------------------------
-def _density_contours(ax, model: Diffusion, lims: tuple[float, float, float, float]) -> None:
-    if model.density is None:
-        return
-    xs = np.linspace(lims[0], lims[1], 120)
-    ys = np.linspace(lims[2], lims[3], 120)
-    grid = torch.tensor(np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2))
-    logp = model.density.log_prob(grid).reshape(len(ys), len(xs)).numpy()
-    top = logp.max()
-    ax.contour(
-        xs,
-        ys,
-        logp,
-        levels=top - np.array([6.0, 4.0, 2.0, 0.5]),
-        colors="k",
-        linewidths=0.6,
-        alpha=0.5,
-    )
-
-
-def _limits(x: np.ndarray, pad: float = 0.15) -> tuple[float, float, float, float]:
-    lo, hi = x.min(0), x.max(0)
-    span = hi - lo
-    return (
-        lo[0] - pad * span[0],
-        hi[0] + pad * span[0],
-        lo[1] - pad * span[1],
-        hi[1] + pad * span[1],
-    )
-
-
-def samples_figure(model: Diffusion, title: str, num: int = 500) -> Figure:
-    """Data against draws from the reverse chain (ancestral sampling, T steps), with contours
-    of the exact data density where it is known."""
-    import matplotlib.pyplot as plt
-
-    data = model.x.cpu().numpy()
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        draws = model.sample(min(num, model.num_data)).cpu().numpy()
-    if model.dim != 2:
-        data, draws = data[:, :2], draws[:, :2]
-    lims = _limits(data)
-    fig, axes = plt.subplots(
-        1, 2, figsize=(9.6, 4.6), constrained_layout=True, sharex=True, sharey=True
-    )
-    for ax, pts, label in ((axes[0], data, "data"), (axes[1], draws, "samples (reverse chain)")):
-        ax.scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.5, color="C0" if label == "data" else "C1")
-        if model.dim == 2:
-            _density_contours(ax, model, lims)
-        ax.set_xlim(lims[0], lims[1])
-        ax.set_ylim(lims[2], lims[3])
-        ax.set_aspect("equal")
-        ax.set_title(f"{label}, {len(pts)} points")
-    fig.suptitle(f"Samples against data: {title}", fontsize="medium")
-    return fig
-
-
-def elbo_split_figure(model: Diffusion, summary: dict[str, Any], title: str) -> Figure:
-    """The T-step ELBO across t (each step's KL L_{t-1}, per point, and their running sum), and
-    each bound's gap to E log p_data with its standard error."""
-    import matplotlib.pyplot as plt
-
-    if "discrete" not in summary:
-        summary = model.report()
-    disc = summary["discrete"]
-    per_step = np.asarray(disc["per_step_L"])
-    t = np.arange(2, len(per_step) + 2)
-    fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.2), constrained_layout=True)
-    ax = axes[0]
-    ax.plot(t, per_step, color="C0", lw=1)
-    ax.set_yscale("log")
-    ax.set_xlabel("step t (the KL of z_{t-1} given z_t)")
-    ax.set_ylabel("L_{t-1}, nats per point", color="C0")
-    twin = ax.twinx()
-    twin.plot(t, np.cumsum(per_step), color="C3", lw=1.5)
-    twin.set_ylabel("running sum over steps, nats per point", color="C3")
-    ax.set_title(
-        f"T = {disc['T']}: L_0 = {disc['L_0']:.3f}, sum L_(t-1) = {disc['diffusion']:.3f}, "
-        f"L_T = {disc['L_T']:.1e}",
-        fontsize="medium",
-    )
-    ax = axes[1]
-    rows = [
-        (f"ELBO, T = {disc['T']}\n(analytic KLs)", disc, "elbo", "C0"),
-        (f"ELBO, T = {disc['T']}\n(Monte Carlo chain)", disc, "elbo_mc_chain", "C9"),
-    ]
-    split = "test" if "test" in summary else "train"
-    rows.append(("ELBO, T = inf\n(VDM)", summary[split], "elbo_continuous", "C1"))
-    if "ode" in summary:
-        rows.append(("ODE\nlog-likelihood", summary["ode"], "log_lik_ode", "C5"))
-    if f"{rows[0][2]}_gap" in disc:
-        labels = [r[0] for r in rows]
-        gaps = [r[1][f"{r[2]}_gap"] for r in rows]
-        errs = [2 * r[1][f"{r[2]}_gap_se"] for r in rows]
-        ax.bar(range(len(rows)), gaps, yerr=errs, color=[r[3] for r in rows], capsize=4)
-        ax.set_xticks(range(len(rows)), labels, fontsize="small")
-        ax.axhline(0, color="k", lw=0.8)
-        ax.set_ylabel("E log p_data - value, nats per point")
-        ax.set_title("gap to the exact E log p_data (held-out, ±2 s.e.)", fontsize="medium")
-    else:
-        ax.text(0.5, 0.5, "no known data density", ha="center", transform=ax.transAxes)
-        ax.set_axis_off()
-    fig.suptitle(f"The ELBO split across t: {title}", fontsize="medium")
-    return fig
-
-
-def denoising_figure(model: Diffusion, title: str, side: int = 15) -> Figure:
-    """A grid of points taken as z_T, run down the reverse chain (top) and along the
-    probability-flow ODE (bottom, deterministic): snapshots, coloured by where each started."""
-    import matplotlib.pyplot as plt
-
-    lin = np.linspace(-2.5, 2.5, side)
-    grid = np.stack(np.meshgrid(lin, lin), -1).reshape(-1, 2)
-    start = torch.tensor(grid)
-    if model.dim != 2:
-        start = torch.cat([start, torch.zeros(len(grid), model.dim - 2, dtype=start.dtype)], -1)
-    gammas = model.gammas().detach()
-    num = gammas.shape[0]
-    eps_fn = model.eps_fn()
-    generator = torch.Generator().manual_seed(0)
-    chain = dm.ancestral_chain(
-        eps_fn, gammas, (len(grid),), model.dim, start=start, generator=generator, **model.kernel
-    )
-    # chain[k] is z_{T-k} for k < T and chain[T] is x; the ODE's states at the same gammas
-    picks = sorted({0, num // 2, (3 * num) // 4, (9 * num) // 10, num - 1, num})
-    ode_steps = 100
-    g_lo, g_hi = float(gammas[0]), float(gammas[-1])
-    gamma_of = {k: float(gammas[num - 1 - k]) for k in picks if k < num}
-    keep = {k: round((g_hi - g) / (g_hi - g_lo) * ode_steps) for k, g in gamma_of.items()}
-    x_ode, states = dm.ode_sample(eps_fn, start, g_lo, g_hi, ode_steps, keep=set(keep.values()))
-    colour = np.arctan2(grid[:, 1], grid[:, 0])
-    size = 4 + 4 * np.hypot(grid[:, 0], grid[:, 1])
-    fig, axes = plt.subplots(
-        2,
-        len(picks),
-        figsize=(2.4 * len(picks), 5.2),
-        constrained_layout=True,
-        sharex=True,
-        sharey=True,
-    )
-    data = model.x.cpu().numpy()
-    lims = _limits(np.concatenate([data[:, :2], grid]), pad=0.05)
-    for col, k in enumerate(picks):
-        ode_pts = x_ode if k == num else states[keep[k]]
-        for row, pts in enumerate((chain[k], ode_pts)):
-            ax = axes[row, col]
-            pts = pts.cpu().numpy()
-            if k == num:
-                ax.scatter(data[:, 0], data[:, 1], s=1, color="0.8")
-            ax.scatter(pts[:, 0], pts[:, 1], c=colour, s=size, cmap="hsv", alpha=0.8)
-            ax.set_xlim(lims[0], lims[1])
-            ax.set_ylim(lims[2], lims[3])
-            ax.set_aspect("equal")
-        label = "x" if k == num else f"z_{num - k}"
-        axes[0, col].set_title(label, fontsize="medium")
-    axes[0, 0].set_ylabel("reverse chain")
-    axes[1, 0].set_ylabel("probability-flow ODE")
-    fig.suptitle(f"Denoising a grid taken as z_T: {title}", fontsize="medium")
-    return fig
-
-
-def elbo_vs_ideal_figure(model: Diffusion, history, title: str) -> Figure:
-    """The training trace of the ELBO per point against E log p_data (the ideal)."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
-    n = model.num_data
-    ax.plot(history["step"], history["elbo"] / n, color="C0", label="ELBO (trace particles)")
-    lp = model.log_p_data()
-    if lp is not None:
-        ideal = lp.mean().item()
-        ax.axhline(ideal, color="k", ls="--", label=f"E log p_data = {ideal:.3f}")
-        tail = (history["elbo"] / n).to_numpy()[len(history) // 5 :]
-        tail = tail[np.isfinite(tail)]
-        if tail.size:
-            ax.set_ylim(min(tail.min(), ideal) - 0.2, max(tail.max(), ideal) + 0.2)
-    ax.set_xlabel("step")
-    ax.set_ylabel("nats per point")
-    ax.legend(loc="lower right")
-    ax.set_title(f"ELBO against the ideal: {title}", fontsize="medium")
-    return fig
+    def denoising_paths(
+        self, side: int = 15, ode_steps: int = 100
+    ) -> tuple[np.ndarray, list[tuple[str, np.ndarray, np.ndarray]]]:
+        """A ``side`` x ``side`` grid on [-2.5, 2.5]^2 taken as z_T (zero in any further
+        dimensions), run down the reverse chain (seeded) and along the probability-flow ODE
+        (RK4, ``ode_steps`` steps, deterministic): the grid and, at a few steps, ``(label,
+        chain points, ODE points)`` at the same gamma, the last being x."""
+        lin = np.linspace(-2.5, 2.5, side)
+        grid = np.stack(np.meshgrid(lin, lin), -1).reshape(-1, 2)
+        start = torch.tensor(grid)
+        if self.dim != 2:
+            start = torch.cat([start, torch.zeros(len(grid), self.dim - 2, dtype=start.dtype)], -1)
+        gammas = self.gammas().detach()
+        num = gammas.shape[0]
+        eps_fn = self.eps_fn()
+        generator = torch.Generator().manual_seed(0)
+        chain = dm.ancestral_chain(
+            eps_fn, gammas, (len(grid),), self.dim, start=start, generator=generator, **self.kernel
+        )
+        # chain[k] is z_{T-k} for k < T and chain[T] is x; the ODE's states at the same gammas
+        picks = sorted({0, num // 2, (3 * num) // 4, (9 * num) // 10, num - 1, num})
+        g_lo, g_hi = float(gammas[0]), float(gammas[-1])
+        gamma_of = {k: float(gammas[num - 1 - k]) for k in picks if k < num}
+        keep = {k: round((g_hi - g) / (g_hi - g_lo) * ode_steps) for k, g in gamma_of.items()}
+        x_ode, states = ode.ode_sample(
+            eps_fn, start, g_lo, g_hi, ode_steps, keep=set(keep.values())
+        )
+        columns = []
+        for k in picks:
+            ode_pts = x_ode if k == num else states[keep[k]]
+            label = "x" if k == num else f"z_{num - k}"
+            columns.append((label, chain[k].cpu().numpy(), ode_pts.cpu().numpy()))
+        return grid, columns

@@ -22,7 +22,7 @@ expected log-likelihood = -beta <E>_q + N log 2, and KL(q || prior) = N log 2 - 
 information of q relative to the uniform distribution). ``num_data`` is N, the number of
 spins, so every "per point" number is per site.
 
-Exact log Z (:mod:`zoo.ising_exact`): brute force for N <= 16, the row transfer matrix for
+Exact log Z (:mod:`zoo.models.ising.exact`): brute force for N <= 16, the row transfer matrix for
 L <= 12, Kaufman's (1949) closed form for the periodic torus at h = 0 (any L); Onsager's (1944)
 infinite-lattice free energy is the L -> infinity reference in the figures.
 
@@ -38,16 +38,16 @@ Guides (:mod:`guides.autoregressive`), both trained by the score-function gradie
   (``--anneal-steps``: beta ramps linearly from beta/steps to beta over the first training
   steps; the diagnostics always use the target beta).
 
-Beta annealing needs the training step. The runner has no per-model hook yet: the model counts
-its own training calls (those with gradients enabled: one per SVI step with vectorized
-particles; the diagnostics run without gradients). If the runner calls ``on_step(step, total)``
-(see the patch in the report), that step is used instead, which also survives ``--resume``.
+Beta annealing needs the training step: the runner calls :meth:`Ising.on_step` before every
+SVI step (and again on ``--resume``), and that step is used. Where nothing calls it (an SVI
+loop of one's own), the model counts its own training calls instead (those with gradients
+enabled: one per SVI step with vectorized particles; the diagnostics run without gradients).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyro
@@ -56,17 +56,6 @@ import torch
 
 from guides.autoregressive import AutoregressiveLatticeGuide, FactorisedLatticeGuide
 from zoo.errors import DataError
-from zoo.ising_exact import (
-    BETA_C,
-    adjacency,
-    brute_force,
-    energy,
-    exact_log_z_function,
-    kaufman_log_z,
-    onsager_log_z_per_site,
-    thermodynamics,
-    transfer_matrix_log_z,
-)
 from zoo.memory import require_memory
 from zoo.model import (
     Option,
@@ -77,8 +66,24 @@ from zoo.model import (
     non_negative_int,
     positive_int,
 )
+from zoo.models.ising import figures
+from zoo.models.ising.exact import (
+    BETA_C,
+    adjacency,
+    brute_force,
+    energy,
+    exact_log_z_function,
+    kaufman_log_z,
+    onsager_log_z_per_site,
+    thermodynamics,
+    transfer_matrix_log_z,
+)
 from zoo.registry import register
-from zoo.run_view import RunView
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+    from zoo.run_view import RunView
 
 #: the largest lattice side whose transfer-matrix thermodynamics the summary computes
 TM_SUMMARY_MAX = 10
@@ -138,7 +143,8 @@ def _z2_option(value: Any) -> str:
 class Ising(ZooModel):
     name = "ising"
     title = "Ising free energy"
-    application = "variational statistical mechanics"
+    application = "Ising free energy"
+    smoke_options = {"size": 4}
     reference = (
         "Onsager (1944); Kaufman (1949); Wu, Wang & Zhang, PRL 122, 080602 (2019); "
         "Parisi, Statistical Field Theory (1988) ch. 4 (mean field)"
@@ -207,7 +213,7 @@ class Ising(ZooModel):
 
     # -- beta schedule ----------------------------------------------------------------------------
     def on_step(self, step: int, total: int) -> None:
-        """Runner hook (see the report's patch): the SVI step about to run, 1-based."""
+        """The runner's hook: the SVI step about to run, 1-based."""
         self._hook_step = step
 
     def training_step(self) -> int:
@@ -348,11 +354,8 @@ class Ising(ZooModel):
         m = guide.magnetisation().cpu().numpy().reshape(-1)
         return mean_field_elbo(m, self.coupling, self.beta, self.h)
 
-    def guide_name(self, guide) -> str:
-        return "autoregressive" if isinstance(guide, AutoregressiveLatticeGuide) else "mean-field"
-
     def summary(self, guide, guide_name: str) -> dict[str, Any]:
-        n, name = self.num_data, self.guide_name(guide)
+        n, name = self.num_data, guide_name
         found = self.log_z_function()
         log_z = self.log_evidence()
         est = self.guide_estimates(guide)
@@ -409,72 +412,51 @@ class Ising(ZooModel):
         grid = np.concatenate([np.linspace(0.1, 1.0, num), [BETA_C, self.beta]])
         return np.unique(np.round(grid, 12))
 
-    def plots(self, run: RunView) -> dict:
-        import matplotlib.pyplot as plt
-
-        n = self.num_data
-        name = self.guide_name(run.guide)
+    def plots(self, run: RunView) -> dict[str, Figure]:
+        n, name = self.num_data, run.guide_name
         betas = self.beta_grid()
         exact = np.array([self.exact_log_z_at(b) or np.nan for b in betas], dtype=float)
         mf = np.array([mean_field_optimum(self.coupling, b, self.h)[1] for b in betas])
+        onsager = np.array([onsager_log_z_per_site(b) for b in betas]) if self.h == 0.0 else None
         d = run.diagnostics
         label = f"{name} (this run, svi/{run.elbo_estimator})"
-
-        fig_f, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
-        if np.isfinite(exact).any():
-            ax.plot(betas, -exact / (betas * n), "k-", label=f"exact, {self.size}x{self.size}")
-        if self.h == 0.0:
-            ons = np.array([onsager_log_z_per_site(b) for b in betas])
-            ax.plot(betas, -ons / betas, "k:", label="Onsager, L = inf")
-        ax.plot(betas, -mf / (betas * n), "C1--", label="mean field (best ELBO)")
-        ax.errorbar(
-            [self.beta],
-            [-d.elbo / (self.beta * n)],
-            yerr=[2 * d.elbo_se / (self.beta * n)],
-            fmt="o",
-            color="C0" if name == "autoregressive" else "C3",
+        colour = "C0" if name == "autoregressive" else "C3"
+        free_energy = figures.free_energy_figure(
+            betas,
+            exact,
+            mf,
+            onsager,
+            beta=self.beta,
+            elbo=d.elbo,
+            elbo_se=d.elbo_se,
+            num_sites=n,
             label=label,
+            colour=colour,
+            title=f"{self.title}: {self.size}x{self.size}, h = {self.h:g}",
+            exact_label=f"exact, {self.size}x{self.size}",
         )
-        ax.axvline(BETA_C, color="0.7", lw=0.8)
-        ax.set_xlabel("beta")
-        ax.set_ylabel("free energy per site  -log Z / (beta N)")
-        ax.set_title(f"{self.title}: {self.size}x{self.size}, h = {self.h:g}")
-        ax.legend()
-
-        fig_e, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
-        if np.isfinite(exact).any():
-            ax.semilogy(betas, (exact - mf) / exact, "C1--", label="mean field (best ELBO)")
-            if d.log_evidence is not None:
-                rel = d.gap / d.log_evidence
-                ax.errorbar(
-                    [self.beta],
-                    [max(rel, 1e-12)],
-                    yerr=[
-                        [min(2 * d.elbo_se / d.log_evidence, max(rel, 1e-12) * 0.999)],
-                        [2 * d.elbo_se / d.log_evidence],
-                    ],
-                    fmt="o",
-                    color="C0" if name == "autoregressive" else "C3",
-                    label=label,
-                )
-        ax.axvline(BETA_C, color="0.7", lw=0.8)
-        ax.set_xlabel("beta")
-        ax.set_ylabel("relative error  (log Z - ELBO) / log Z")
-        ax.set_title("relative free-energy error (2 SE bars)")
-        ax.legend()
-
-        figs = {
-            "free_energy": fig_f,
-            "relative_error": fig_e,
-            "samples": self._samples_figure(run),
+        relative_error = figures.relative_error_figure(
+            betas,
+            exact,
+            mf,
+            beta=self.beta,
+            gap=d.gap,
+            log_evidence=d.log_evidence,
+            elbo_se=d.elbo_se,
+            label=label,
+            colour=colour,
+        )
+        rows = self.sample_rows(run.guide, name)
+        return {
+            "free_energy": free_energy,
+            "relative_error": relative_error,
+            "samples": figures.samples_figure(rows, self.shape),
         }
-        return figs
 
     @torch.no_grad()
-    def _samples_figure(self, run: RunView, per_row: int = 4):
-        """Draws from mean field at three temperatures, and from this run's guide."""
-        import matplotlib.pyplot as plt
-
+    def sample_rows(self, guide, guide_name: str, per_row: int = 4) -> list[tuple[str, np.ndarray]]:
+        """Lattices (spins ±1, shape (per_row, N)) drawn from mean field at three temperatures
+        and from the fitted guide, each with its title."""
         gen = np.random.default_rng(0)
         rows = []
         for b in (0.3, BETA_C, 0.6):
@@ -482,18 +464,7 @@ class Ising(ZooModel):
             p = (1 + m) / 2
             draws = gen.random((per_row, self.num_data)) < p
             rows.append((f"mean field, beta = {b:.3f}", 2.0 * draws - 1))
-        z = run.guide.distribution().sample((per_row,))
+        z = guide.distribution().sample((per_row,))
         s = (2 * z - 1).reshape(per_row, -1).cpu().numpy()
-        rows.append((f"{self.guide_name(run.guide)} q (this run), beta = {self.beta:.3f}", s))
-        fig, axes = plt.subplots(
-            len(rows), per_row, figsize=(1.6 * per_row, 1.75 * len(rows)), constrained_layout=True
-        )
-        for r, (title, spins) in enumerate(rows):
-            for c in range(per_row):
-                ax = axes[r, c]
-                ax.imshow(spins[c].reshape(self.shape), cmap="gray", vmin=-1, vmax=1)
-                ax.set_xticks([])
-                ax.set_yticks([])
-            axes[r, 0].set_title(title, loc="left", fontsize=8)
-        fig.suptitle("samples from q (white = +1)")
-        return fig
+        rows.append((f"{guide_name} q (this run), beta = {self.beta:.3f}", s))
+        return rows
