@@ -153,10 +153,11 @@ def _add_training_options(parser: argparse.ArgumentParser, cls: type[ZooModel]) 
     train.add_argument(
         "--guide", choices=cls.guides, help=f"variational family (default {cls.default_guide})"
     )
+    default_elbo = cls.elbo_for_guide.get(cls.default_guide, cls.default_elbo)
     train.add_argument(
         "--elbo",
         choices=list(cls.estimators),
-        help=f"ELBO estimator, of those that apply to {cls.name} (default {cls.default_elbo})",
+        help=f"ELBO estimator, of those that apply to {cls.name} (default {default_elbo})",
     )
     methods = METHODS if cls.has_closed_form() else ("svi",)
     closed = f"; closed-form = {cls.closed_form_name}" if cls.has_closed_form() else ""
