@@ -16,8 +16,12 @@ _QUOTED = re.compile(r"""["']([a-z0-9]+(?:-[a-z0-9]+)*)["']""")
 
 
 def page_model(path: Path) -> str | None:
-    """The first registered model a gallery script names in quotes (``zoo.fit("gmm", ...)``)."""
+    """The model of a gallery script: ``plot_<name>.py`` (dashes as underscores), else the
+    first registered model it names in quotes (``zoo.fit("gmm", ...)``)."""
     names = set(model_names())
+    own = path.stem.removeprefix("plot_").replace("_", "-")
+    if own in names:
+        return own
     for match in _QUOTED.finditer(path.read_text()):
         if match.group(1) in names:
             return match.group(1)
@@ -45,7 +49,10 @@ def models_table(gallery: Path) -> str:
     """The reStructuredText table of every registered model, in application order, each
     linked to its gallery page where it has one."""
     pages = {}
-    for script in sorted(gallery.glob("plot_*.py")):
+    scripts = sorted(gallery.glob("plot_*.py"))
+    for script in scripts:  # a model's own page first, then a page that runs it
+        pages[script.stem.removeprefix("plot_").replace("_", "-")] = script.stem
+    for script in scripts:
         for match in _QUOTED.finditer(script.read_text()):
             pages.setdefault(match.group(1), script.stem)
     rows = []
