@@ -53,6 +53,19 @@ def at_least(low: int) -> Callable[[Any], int]:
     return convert
 
 
+def start_count(most: int) -> Callable[[Any], int]:
+    """An option type: a number of restarts, an integer in [1, ``most``]."""
+
+    def convert(value: Any) -> int:
+        number = positive_int(value)
+        if number > most:
+            raise ValueError(f"{value!r} is more than {most} starts")
+        return number
+
+    convert.__name__ = "int"
+    return convert
+
+
 non_negative_int = at_least(0)
 #: an option type: an integer >= 1 (``"3"`` and ``3.0`` pass, ``2.5`` and ``True`` do not)
 positive_int = at_least(1)

@@ -62,6 +62,7 @@ from zoo.models.gmm.em import (
     whitened_min_variance,
 )
 from zoo.models.gmm.restarts import Restarts, run_restarts
+from zoo.options import start_count
 from zoo.registry import register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -90,12 +91,8 @@ def non_negative_float(value: Any) -> float:
     return number
 
 
-def n_init_value(value: Any) -> int:
-    """An option type: the number of EM starts, an integer in [1, :data:`MAX_N_INIT`]."""
-    number = positive_int(value)
-    if number > MAX_N_INIT:
-        raise ValueError(f"{value!r} is more than {MAX_N_INIT} starts")
-    return number
+#: an option type: the number of EM starts, an integer in [1, MAX_N_INIT]
+n_init_value = start_count(MAX_N_INIT)
 
 
 def optional_seed(value: Any) -> int | None:

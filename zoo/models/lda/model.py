@@ -49,6 +49,7 @@ from zoo.models.lda.corpus import (
     read_document_term_csv,
     simulate_bars,
 )
+from zoo.options import start_count
 from zoo.registry import register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -77,12 +78,8 @@ def alpha_value(value: Any) -> float:
     return number
 
 
-def n_init_value(value: Any) -> int:
-    """An option type: starts of the topics, an integer in [1, :data:`MAX_N_INIT`]."""
-    number = positive_int(value)
-    if number > MAX_N_INIT:
-        raise ValueError(f"{value!r} is more than {MAX_N_INIT} starts")
-    return number
+#: an option type: starts of the topics, an integer in [1, MAX_N_INIT]
+n_init_value = start_count(MAX_N_INIT)
 
 
 def match_topics(fitted: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
