@@ -111,7 +111,7 @@ def _fails_cleanly(out, needle):
         (["gmm", "--guide", "mean-field"], "invalid choice"),
         (["gmm", "--method", "magic"], "invalid choice"),
         (["gmm", "--bogus"], "unrecognized arguments"),
-        (["gmm", "--device", "tpu", "--steps", "2"], "unknown device"),
+        (["gmm", "--device", "tpu", "--steps", "2"], "is not a device; use cpu or cuda"),
         (["gmm", "--data", "missing.csv", "--steps", "2"], "does not exist"),
         (["--resume", "nowhere"], "not a run directory"),
         (["gmm", "--steps", "2", "--out", "/proc/no-such-dir"], "/proc/no-such-dir"),

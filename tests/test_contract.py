@@ -125,6 +125,9 @@ def test_a_bad_declaration_is_named():
     bad = type("Bad", (_Regression,), {"options": (Option("n", positive_int, 0, "n"),)})
     with pytest.raises(ContractError, match="default of --n"):
         check_declaration(bad)
+    bad = type("Bad", (_Regression,), {"options": (Option("steps", positive_int, 3, "n"),)})
+    with pytest.raises(ContractError, match="named like run settings"):
+        check_declaration(bad)
 
 
 def test_elbo_is_expected_log_likelihood_minus_kl(result):

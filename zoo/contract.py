@@ -37,6 +37,7 @@ from zoo.estimators import ESTIMATORS, prepare_guide
 from zoo.model import ZooModel
 from zoo.particles import check_broadcast
 from zoo.registry import get_model
+from zoo.settings import BY_NAME, METHODS
 
 #: points scored by the broadcast check (a prefix of the data, where the model has a data plate)
 BROADCAST_POINTS = 16
@@ -64,7 +65,7 @@ def check_declaration(cls: type[ZooModel]) -> None:
         raise _fail(where, f"name {cls.name!r} is not kebab-case")
     if cls.default_guide not in cls.guides:
         raise _fail(where, f"default guide {cls.default_guide!r} is not among {cls.guides}")
-    if cls.default_method not in ("svi", "closed-form") or (
+    if cls.default_method not in METHODS or (
         cls.default_method == "closed-form" and not cls.has_closed_form()
     ):
         raise _fail(where, f"default method {cls.default_method!r} is not one it has")
@@ -74,6 +75,9 @@ def check_declaration(cls: type[ZooModel]) -> None:
     flags = [opt.flag for opt in cls.options]
     if len(set(flags)) != len(flags):
         raise _fail(where, "two options share a flag")
+    shadowed = {opt.name for opt in cls.options} & set(BY_NAME)
+    if shadowed:
+        raise _fail(where, f"options {sorted(shadowed)} are named like run settings")
     for opt in cls.options:
         if opt.default is not None:
             try:

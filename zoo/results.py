@@ -10,7 +10,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,47 +20,13 @@ import torch
 
 from zoo.diagnostics import Diagnostics
 from zoo.errors import ZooError
-from zoo.estimators import ESTIMATORS
 from zoo.model import ZooModel
-from zoo.psis import MIN_DRAWS
 from zoo.run_view import RunView
+from zoo.settings import METHODS, SETTINGS  # noqa: F401  (METHODS re-exported)
 
 
-@dataclass
-class RunConfig:
-    """Everything needed to reproduce (or resume) a run. JSON-serialisable.
-
-    ``data`` records where the run's data came from, so a resume can refuse data that is not
-    the same: ``{"source": "default"}`` (the model's bundled or simulated data, set by its
-    options), ``{"source": "path", "path": ..., "sha256": ...}`` (a file or directory, by
-    absolute path and content hash), ``{"source": "array", "sha256": ..., "shape": [...],
-    "dtype": ...}`` (an in-memory array, by content hash) or ``{"source": "object", "type":
-    ...}`` (data whose content cannot be hashed: such a run cannot be resumed). None only
-    before :func:`zoo.fit` has filled it in.
-    """
-
-    model: str
-    options: dict[str, Any]
-    guide: str
-    elbo: str
-    method: str
-    steps: int
-    lr: float
-    lr_final_factor: float
-    particles: int
-    batch_size: int | None
-    seed: int
-    device: str
-    eval_particles: int
-    trace_particles: int
-    record_every: int
-    checkpoint_every: int
-    quick: bool = False
-    kl_warmup: int = 0
-    #: the model's closed-form local step ran around every SVI step
-    local_steps: bool = False
-    #: the data's provenance (see the class docstring)
-    data: dict[str, Any] | None = None
+class _RunConfigMethods:
+    """The methods of :class:`RunConfig` (its fields come from :data:`zoo.settings.SETTINGS`)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)
@@ -91,7 +57,7 @@ class RunConfig:
         for name in names:
             try:
                 checked[name] = _FIELD_CHECKS[name](values[name])
-            except _Invalid as exc:
+            except (_Invalid, ValueError) as exc:
                 raise ZooError(f"{source}: field {name!r} {exc}") from None
         return cls(**checked)
 
@@ -137,30 +103,6 @@ def _integer(low: int | None = None, high: int | None = None) -> Callable[[Any],
     return check
 
 
-def _number(low: float, high: float | None = None) -> Callable[[Any], float]:
-    """A finite number in (low, high]."""
-
-    def check(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _Invalid(f"must be a number, got {_short(value)}")
-        try:
-            number = float(value)
-        except OverflowError:  # an integer beyond any float
-            number = math.inf
-        if not math.isfinite(number) or number <= low or (high is not None and number > high):
-            where = f"in ({low:g}, {high:g}]" if high is not None else f"above {low:g}"
-            raise _Invalid(f"must be a finite number {where}, got {_short(value)}")
-        return number
-
-    return check
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Invalid(f"must be true or false, got {_short(value)}")
-    return value
-
-
 def _name(choices: Callable[[], Any] | None = None) -> Callable[[Any], str]:
     """A non-empty string, one of ``choices()`` where given."""
 
@@ -175,10 +117,6 @@ def _name(choices: Callable[[], Any] | None = None) -> Callable[[Any], str]:
     return check
 
 
-def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    return lambda value: None if value is None else check(value)
-
-
 def _options(value: Any) -> dict[str, Any]:
     """Model options: names to JSON scalars (each model converts and checks its own)."""
     if not isinstance(value, dict):
@@ -189,20 +127,6 @@ def _options(value: Any) -> dict[str, Any]:
         if isinstance(item, float) and not math.isfinite(item):
             raise _Invalid(f"must hold finite numbers; {key!r} is {item!r}")
     return dict(value)
-
-
-def _device(value: Any) -> str:
-    if not isinstance(value, str) or not (value == "cpu" or re.fullmatch(r"cuda(:[0-9]+)?", value)):
-        raise _Invalid(f"must be cpu or cuda, got {_short(value)}")
-    return value
-
-
-#: how a run trains: SVI, or the model's closed-form coordinate ascent (EM, CAVI)
-METHODS = ("svi", "closed-form")
-
-
-def _methods() -> tuple[str, ...]:
-    return METHODS
 
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -257,26 +181,35 @@ def _provenance(value: Any) -> dict[str, Any]:
     return checked
 
 
+#: the run's settings (:data:`zoo.settings.SETTINGS`), with what the run was of and on
+RunConfig = make_dataclass(
+    "RunConfig",
+    [
+        ("model", str),
+        ("options", dict[str, Any]),
+        *((s.name, s.kind | None if s.optional else s.kind) for s in SETTINGS),
+        ("data", dict[str, Any] | None, field(default=None)),
+    ],
+    bases=(_RunConfigMethods,),
+)
+RunConfig.__module__ = __name__
+RunConfig.__doc__ = """Everything needed to reproduce (or resume) a run. JSON-serialisable.
+
+``model`` and ``options`` say what was run; one field per run setting
+(:data:`zoo.settings.SETTINGS`: ``guide``, ``steps``, ``lr``...) how. ``data`` records where
+the run's data came from, so a resume can refuse data that is not the same:
+``{"source": "default"}`` (the model's bundled or simulated data, set by its options),
+``{"source": "path", "path": ..., "sha256": ...}`` (a file or directory, by absolute path and
+content hash), ``{"source": "array", "sha256": ..., "shape": [...], "dtype": ...}`` (an
+in-memory array, by content hash) or ``{"source": "object", "type": ...}`` (data whose content
+cannot be hashed: such a run cannot be resumed). None only before :func:`zoo.fit` has filled
+it in.
+"""
+
 _FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
     "model": _name(),
     "options": _options,
-    "guide": _name(),
-    "elbo": _name(lambda: ESTIMATORS),
-    "method": _name(_methods),
-    "steps": _integer(1),
-    "lr": _number(0.0),
-    "lr_final_factor": _number(0.0, 1.0),
-    "particles": _integer(1),
-    "batch_size": _optional(_integer(1)),
-    "seed": _integer(0, 2**32),  # what pyro.set_rng_seed (numpy) accepts
-    "device": _device,
-    "eval_particles": _integer(MIN_DRAWS),
-    "trace_particles": _integer(1),
-    "record_every": _integer(1),
-    "checkpoint_every": _integer(1),
-    "quick": _boolean,
-    "kl_warmup": _integer(0),
-    "local_steps": _boolean,
+    **{s.name: s.check_stored for s in SETTINGS},
     "data": _provenance,
 }
 

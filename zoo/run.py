@@ -28,27 +28,15 @@ from zoo.live_logs import RunFile, RunLogger, TensorBoardLogger, logging_to
 from zoo.memory import memory_guard, out_of_memory
 from zoo.model import (
     ZooModel,
-    non_negative_int,
-    positive_float,
     positive_int,
-    seed_value,
 )
+from zoo.options import available_cpus, thread_count
 from zoo.outputs import RunInterrupted, default_run_dir
-from zoo.psis import MIN_DRAWS
 from zoo.registry import get_model, model_names
 from zoo.results import FitResult
 from zoo.run_files import RESUME_COMMAND
-from zoo.runner import (
-    MAX_EVAL_PARTICLES,
-    METHODS,
-    available_cpus,
-    eval_particle_count,
-    fit,
-    read_checkpoint,
-    read_config,
-    resume,
-    thread_count,
-)
+from zoo.runner import fit, read_checkpoint, read_config, resume
+from zoo.settings import SETTINGS, Setting, iter_flags
 
 #: the command's name in its messages (``elbo-zoo`` when run as the console script)
 PROG = "python -m zoo.run"
@@ -76,8 +64,6 @@ def _arg(convert: Any, name: str) -> Any:
 
 
 _positive_int = _arg(positive_int, "int")
-_non_negative_int = _arg(non_negative_int, "int")
-_positive_float = _arg(positive_float, "float")
 
 
 def _option_type(option) -> Any:
@@ -91,21 +77,27 @@ def _option_type(option) -> Any:
     return convert
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
+def _add_setting(group: Any, setting: Setting, cls: type[ZooModel] | None) -> None:
+    """The flag of a run setting (:mod:`zoo.settings`), with its help and choices for ``cls``."""
+    kwargs: dict[str, Any] = {"default": setting.default}
+    kwargs["help"] = setting.help if cls is None else setting.help_for(cls)
+    if setting.switch:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+        if setting.choices is not None and cls is not None:  # argparse names the choices
+            kwargs["choices"] = list(setting.choices(cls))
+        else:
+            kwargs["type"] = _arg(setting.convert, setting.kind.__name__)
+        if setting.metavar:
+            kwargs["metavar"] = setting.metavar
+    group.add_argument(setting.flag, **kwargs)
+
+
+def _add_run_options(parser: argparse.ArgumentParser, cls: type[ZooModel] | None = None) -> None:
     run = parser.add_argument_group("running")
-    run.add_argument(
-        "--seed",
-        type=_arg(seed_value, "int"),
-        default=0,
-        help="random seed in [0, 2**32) (default 0)",
-    )
-    run.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    run.add_argument(
-        "--quick",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="a short run (smoke tests, CI)",
-    )
+    for setting in SETTINGS:
+        if setting.group == "running":
+            _add_setting(run, setting, cls)
     run.add_argument(
         "--quiet",
         action=argparse.BooleanOptionalAction,
@@ -148,62 +140,11 @@ def _add_file_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_training_options(parser: argparse.ArgumentParser, cls: type[ZooModel]) -> None:
-    t = cls.training
-    train = parser.add_argument_group("training")
-    train.add_argument(
-        "--guide", choices=cls.guides, help=f"variational family (default {cls.default_guide})"
-    )
-    default_elbo = cls.elbo_for_guide.get(cls.default_guide, cls.default_elbo)
-    train.add_argument(
-        "--elbo",
-        choices=list(cls.estimators),
-        help=f"ELBO estimator, of those that apply to {cls.name} (default {default_elbo})",
-    )
-    methods = METHODS if cls.has_closed_form() else ("svi",)
-    closed = f"; closed-form = {cls.closed_form_name}" if cls.has_closed_form() else ""
-    train.add_argument(
-        "--method",
-        choices=methods,
-        default=cls.default_method,
-        help=f"training (default {cls.default_method}){closed}",
-    )
-    train.add_argument("--steps", type=_positive_int, help=f"steps (default {t.steps})")
-    train.add_argument("--lr", type=_positive_float, help=f"learning rate (default {t.lr})")
-    train.add_argument(
-        "--lr-final-factor",
-        type=_positive_float,
-        help=f"final lr as a fraction of --lr (default {t.lr_final_factor})",
-    )
-    train.add_argument(
-        "--particles", type=_positive_int, help=f"ELBO particles per step (default {t.particles})"
-    )
-    if cls.data_plate is not None:
-        train.add_argument("--batch-size", type=_positive_int, help="mini-batch size (subsample)")
-    train.add_argument(
-        "--kl-warmup",
-        type=_non_negative_int,
-        default=0,
-        metavar="STEPS",
-        help="ramp the KL weight from 0 to 1 over STEPS (the reported ELBO is at weight 1)",
-    )
-    if cls.local_step_guides:
-        train.add_argument(
-            "--local-steps",
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help="closed-form local step around every SVI step (default: on for the guides "
-            f"{', '.join(cls.local_step_guides)})",
-        )
-    diag = parser.add_argument_group("diagnostics")
-    diag.add_argument(
-        "--eval-particles",
-        type=_arg(eval_particle_count, "int"),
-        default=1000,
-        help=f"particles for the final ELBO, IWAE and k-hat, {MIN_DRAWS} to "
-        f"{MAX_EVAL_PARTICLES:,} (default 1000)",
-    )
-    diag.add_argument("--record-every", type=_positive_int, help="steps between history rows")
-    diag.add_argument("--checkpoint-every", type=_positive_int, help="steps between checkpoints")
+    groups = {name: parser.add_argument_group(name) for name in ("training", "diagnostics")}
+    for name, group in groups.items():
+        for setting in iter_flags(cls, name):
+            _add_setting(group, setting, cls)
+    diag = groups["diagnostics"]
     diag.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR")
     if cls.options or cls.data_help:
         group = parser.add_argument_group(f"{cls.name} options")
@@ -243,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in model_names():
         cls = get_model(name)
         p = sub.add_parser(name, help=cls.title, description=f"{cls.title}. {cls.reference}")
-        _add_run_options(p)
+        _add_run_options(p, cls)
         _add_training_options(p, cls)
         _add_file_options(p)
     return parser
@@ -431,29 +372,15 @@ def _fit_model(
     args: argparse.Namespace, cls: type[ZooModel], run_dir: Path, options: dict[str, Any]
 ) -> FitResult:
     """:func:`zoo.fit` with the command line's settings."""
+    settings = {s.name: getattr(args, s.name, None) for s in SETTINGS}
     return fit(
         cls.name,
         getattr(args, "data", None),
-        guide=args.guide,
-        elbo=args.elbo,
-        method=args.method,
-        steps=args.steps,
-        lr=args.lr,
-        lr_final_factor=args.lr_final_factor,
-        particles=args.particles,
-        batch_size=getattr(args, "batch_size", None),
-        seed=args.seed,
-        device=args.device,
-        quick=args.quick,
-        eval_particles=args.eval_particles,
-        record_every=args.record_every,
-        checkpoint_every=args.checkpoint_every,
         run_dir=run_dir,
         overwrite=getattr(args, "overwrite", False),
         progress=False if args.quiet else None,
         threads=args.threads,
-        kl_warmup=args.kl_warmup,
-        local_steps=getattr(args, "local_steps", None),
+        **settings,
         **options,
     )
 

@@ -48,17 +48,10 @@ from zoo.annealing import LatentScale, warmup_weight
 from zoo.data_blocks import data_blocks, on_block
 from zoo.diagnostics import evaluate, quick_terms
 from zoo.errors import NonFiniteLossError, ZooError, first_line
-from zoo.estimators import ESTIMATORS, make_estimator, prepare_guide
+from zoo.estimators import make_estimator, prepare_guide
 from zoo.live_logs import LiveLogs
 from zoo.model import ZooModel
-from zoo.options import (  # noqa: F401  (re-exported for the command line)
-    MAX_EVAL_PARTICLES,
-    available_cpus,
-    eval_particle_count,
-    positive_int,
-    seed_value,
-    thread_count,
-)
+from zoo.options import thread_count
 from zoo.outputs import (
     InterruptLatch,
     RunDirectory,
@@ -67,8 +60,10 @@ from zoo.outputs import (
     write_atomic,
 )
 from zoo.registry import get_model
-from zoo.results import METHODS, FitResult, RunConfig
+from zoo.results import FitResult, RunConfig
 from zoo.run_files import CHECKPOINT, CONFIG, REPORT, RESUME_COMMAND
+from zoo.settings import BY_NAME, SETTINGS, resolve, with_settings
+from zoo.steppers import local_step, make_stepper
 from zoo.stored_runs import (
     data_provenance,
     read_checkpoint,
@@ -77,38 +72,23 @@ from zoo.stored_runs import (
 )
 
 
+@with_settings
 def fit(
     model: str | ZooModel,
     data: Any = None,
     *,
-    guide: str | None = None,
-    elbo: str | None = None,
-    method: str | None = None,
-    steps: int | None = None,
-    lr: float | None = None,
-    lr_final_factor: float | None = None,
-    particles: int | None = None,
-    batch_size: int | None = None,
-    seed: int = 0,
-    device: str = "cpu",
-    quick: bool = False,
-    eval_particles: int = 1000,
-    trace_particles: int = 16,
-    record_every: int | None = None,
-    checkpoint_every: int | None = None,
     run_dir: str | Path | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
     threads: int | None = None,
-    kl_warmup: int = 0,
-    local_steps: bool | None = None,
-    **options: Any,
+    **settings_and_options: Any,
 ) -> FitResult:
     """Train ``model`` (a registered name or a :class:`ZooModel`) and diagnose the result.
 
-    Unset training settings come from the model's :class:`~zoo.model.Training` defaults;
-    ``quick`` swaps in its short step count. Model-specific options (``components=3``...) go
-    in ``**options``.
+    The run's settings (``guide``, ``steps``, ``lr``... listed below, declared once in
+    :mod:`zoo.settings`) are keywords; one not given comes from the model's
+    :class:`~zoo.model.Training` defaults (``quick`` swaps in its short step count) or the
+    setting's own default. Every other keyword is a model option (``components=3``...).
 
     With ``run_dir`` the run is written there whole: ``config.json`` (with the data's
     provenance: its path and sha256, or the in-memory array's sha256), checkpoints that
@@ -125,6 +105,9 @@ def fit(
     the model's closed-form local step around every SVI step (:meth:`ZooModel.local_step`);
     None: wherever the model has one for the guide.
     """
+    settings = {k: v for k, v in settings_and_options.items() if k in BY_NAME}
+    options = {k: v for k, v in settings_and_options.items() if k not in BY_NAME}
+    device = BY_NAME["device"].check(settings.get("device") or "cpu")
     _check_device(device)
     if threads is not None:
         torch.set_num_threads(_checked(thread_count, threads, "threads"))
@@ -134,27 +117,7 @@ def fit(
         zoo_model = model
     else:
         zoo_model = get_model(model)(data, device=device, **options)
-    config = _make_config(
-        zoo_model,
-        data=data,
-        guide=guide,
-        elbo=elbo,
-        method=method,
-        steps=steps,
-        lr=lr,
-        lr_final_factor=lr_final_factor,
-        particles=particles,
-        batch_size=batch_size,
-        seed=seed,
-        device=device,
-        quick=quick,
-        eval_particles=eval_particles,
-        trace_particles=trace_particles,
-        record_every=record_every,
-        checkpoint_every=checkpoint_every,
-        kl_warmup=kl_warmup,
-        local_steps=local_steps,
-    )
+    config = _make_config(zoo_model, data, settings)
     config.data = data_provenance(data, model if isinstance(model, ZooModel) else None)
     if run_dir is None:
         return _Trainer(zoo_model, config, None).run(progress)
@@ -199,14 +162,6 @@ class LoadedRun:
     model: ZooModel
 
 
-#: the settings of a run config that :func:`_make_config` checks together
-_SETTINGS = (
-    *("guide", "elbo", "method", "steps", "lr", "lr_final_factor", "particles", "batch_size"),
-    *("seed", "device", "quick", "eval_particles", "trace_particles", "record_every"),
-    *("checkpoint_every", "kl_warmup", "local_steps"),
-)
-
-
 def load_run(run_dir: str | Path, *, steps: int | None = None, data: Any = None) -> LoadedRun:
     """Read and check everything a resume of ``run_dir`` needs, without training.
 
@@ -219,7 +174,7 @@ def load_run(run_dir: str | Path, *, steps: int | None = None, data: Any = None)
     checkpoint = read_checkpoint(run_dir)
     start = checkpoint["step"]
     if steps is not None:
-        steps = _positive_int(steps, "steps")
+        steps = BY_NAME["steps"].check(steps)
         if steps < start:
             raise ZooError(
                 f"cannot shorten the run in {run_dir}: it has trained {start} steps; "
@@ -244,7 +199,7 @@ def load_run(run_dir: str | Path, *, steps: int | None = None, data: Any = None)
             f"{run_dir / CONFIG}: its options do not build a {config.model!r} model: "
             f"{first_line(exc, 120)}"
         ) from None
-    checked = _make_config(zoo_model, data=None, **{k: getattr(config, k) for k in _SETTINGS})
+    checked = _make_config(zoo_model, None, {s.name: getattr(config, s.name) for s in SETTINGS})
     if checked.batch_size != config.batch_size:
         raise ZooError(
             f"{run_dir / CONFIG}: batch_size {config.batch_size} is not below the "
@@ -342,110 +297,15 @@ def _checked(convert: Callable[[Any], Any], value: Any, what: str) -> Any:
         raise ZooError(f"{what}: {exc}") from None
 
 
-def _positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ZooError(f"{what} must be a positive integer, got {value!r}")
-    return value
-
-
-def _make_config(zoo_model: ZooModel, *, data: Any, **kw: Any) -> RunConfig:
-    m = zoo_model
-    guide = kw["guide"] or m.default_guide
-    if guide not in m.guides:
-        raise ZooError(
-            f"model {m.name!r} has no guide {guide!r}; choose from {', '.join(m.guides)}"
-        )
-    t = m.training_settings(guide)
-    method = kw["method"] or m.default_method
-    if method not in METHODS:
-        raise ZooError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    if method == "closed-form" and not m.has_closed_form():
-        raise ZooError(f"model {m.name!r} has no closed-form updates; use --method svi")
-    elbo = kw["elbo"] or m.elbo_for_guide.get(guide, m.default_elbo)
-    if elbo not in ESTIMATORS:
-        raise ZooError(f"unknown estimator {elbo!r}; choose from {', '.join(ESTIMATORS)}")
-    if elbo not in m.estimators:
-        raise ZooError(
-            f"estimator {elbo!r} does not apply to model {m.name!r}; "
-            f"choose from {', '.join(m.estimators)}"
-        )
-    if method == "closed-form":
-        default = max(10, t.closed_form_steps // 5) if kw["quick"] else t.closed_form_steps
-    else:
-        default = t.quick_steps if kw["quick"] else t.steps
-    steps = _positive_int(default if kw["steps"] is None else kw["steps"], "steps")
-    lr = t.lr if kw["lr"] is None else float(kw["lr"])
-    factor = t.lr_final_factor if kw["lr_final_factor"] is None else float(kw["lr_final_factor"])
-    if not (lr > 0 and math.isfinite(lr)):
-        raise ZooError(f"lr must be a positive number, got {lr!r}")
-    if not (0 < factor <= 1):
-        raise ZooError(f"lr_final_factor must be in (0, 1], got {factor!r}")
-    particles = _positive_int(
-        t.particles if kw["particles"] is None else kw["particles"], "particles"
-    )
-    if elbo == "iwae" and method == "svi" and particles < 2:
-        raise ZooError("the iwae estimator needs --particles of at least 2")
-    batch = kw["batch_size"] if kw["batch_size"] is not None else t.batch_size
-    if batch is not None:
-        batch = _positive_int(batch, "batch_size")
-        if m.data_plate is None:
-            raise ZooError(f"model {m.name!r} has no data plate to mini-batch over")
-        if batch >= m.num_data:
-            batch = None
-    if m.data_plate is not None and m.num_data is None:
-        raise ZooError("model did not set num_data")
-    eval_particles = _checked(eval_particle_count, kw["eval_particles"], "eval_particles")
-    trace_particles = _positive_int(kw["trace_particles"], "trace_particles")
-    record = kw["record_every"]
-    if record is None:
-        record = 1 if method == "closed-form" else max(1, steps // t.records)
-        if method == "svi" and batch is not None:
-            # a record scores trace_particles particles of every point, a step `particles` of
-            # one batch: on large data space the records so that they cost at most four
-            # times the training steps between them (200,000 points in batches of 1000: a
-            # record every 800 steps instead of most of the run's time)
-            work = kw["trace_particles"] * m.num_data / (particles * batch)
-            record = max(record, math.ceil(work / 4))
-    record = _positive_int(record, "record_every")
-    kl_warmup = kw["kl_warmup"]
-    if isinstance(kl_warmup, bool) or not isinstance(kl_warmup, int) or kl_warmup < 0:
-        raise ZooError(f"kl_warmup must be a non-negative integer, got {kl_warmup!r}")
-    if kl_warmup and method != "svi":
-        raise ZooError("kl_warmup applies to SVI only")
-    local = kw["local_steps"]
-    has_local = method == "svi" and guide in m.local_step_guides
-    if local and not has_local:
-        where = f"guide {guide!r}" if method == "svi" else f"method {method!r}"
-        raise ZooError(f"model {m.name!r} has no closed-form local step for {where}")
-    local = has_local if local is None else bool(local)
-    checkpoint = kw["checkpoint_every"]
-    checkpoint = _positive_int(
-        max(1, steps // 10) if checkpoint is None else checkpoint, "checkpoint_every"
-    )
-    options = dict(m.option_values)
+def _make_config(zoo_model: ZooModel, data: Any, settings: dict[str, Any]) -> RunConfig:
+    """The run's config: its settings settled (:func:`zoo.settings.resolve`), the model's
+    options and, where the data is a file, its path."""
+    values = resolve(zoo_model, settings)
+    options = dict(zoo_model.option_values)
     if isinstance(data, str | os.PathLike):
         options["data"] = str(data)
-    return RunConfig(
-        model=m.name,
-        options={k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()},
-        guide=guide,
-        elbo=elbo,
-        method=method,
-        steps=steps,
-        lr=lr,
-        lr_final_factor=factor,
-        particles=particles,
-        batch_size=batch,
-        seed=_checked(seed_value, kw["seed"], "seed"),
-        device=kw["device"],
-        eval_particles=eval_particles,
-        trace_particles=trace_particles,
-        record_every=record,
-        checkpoint_every=checkpoint,
-        quick=bool(kw["quick"]),
-        kl_warmup=kl_warmup,
-        local_steps=local,
-    )
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}
+    return RunConfig(model=zoo_model.name, options=options, **values)
 
 
 def non_finite_sites(model: Callable, guide: Callable, **kwargs: Any) -> list[str]:
@@ -498,6 +358,18 @@ def _check_optimizer_state(optim_state: dict[str, Any], params: dict[str, torch.
                     f"checkpoint's optimizer state for {name!r} has shape {tuple(tensor.shape)}, "
                     f"the parameter {tuple(param.shape)}"
                 )
+
+
+def _elbo_of(row: dict[str, float]) -> float:
+    return row["elbo"]
+
+
+def _progress_postfix(row: dict[str, float]) -> dict[str, str]:
+    """The progress bar's ELBO and gap (where the evidence is known)."""
+    postfix = {"elbo": f"{row['elbo']:.4g}"}
+    if math.isfinite(row["gap"]):
+        postfix["gap"] = f"{row['gap']:.3g}"
+    return postfix
 
 
 class _Trainer:
@@ -637,7 +509,8 @@ class _Trainer:
         if progress is None:
             progress = sys.stderr.isatty()
         if start == 0:
-            self._local_step(guide)
+            if cfg.local_steps:
+                local_step(self.model, guide, cfg.guide)
             self._record(0, guide, math.nan)
         bar = tqdm(
             total=cfg.steps,
@@ -648,32 +521,22 @@ class _Trainer:
             dynamic_ncols=True,
             leave=False,
         )
-        train_kwargs = self._kwargs(True)
+        stepper = make_stepper(
+            cfg, self.model, guide, svi, self.latent_scale, self._kwargs(True), self._guarded
+        )
         if self.run_dir is not None:
             self.interrupts.arm()
         tic = time.perf_counter()
         for step in range(start + 1, cfg.steps + 1):
-            if svi is None:
-                with torch.no_grad():
-                    value = self.model.closed_form_step(guide, cfg.guide)
-                loss = math.nan if value is None else -float(value)
-            else:
-                self.latent_scale.weight = warmup_weight(step, cfg.kl_warmup)
-                self.model.on_step(step, cfg.steps)
-                loss = float(self._guarded(step, lambda: svi.step(**train_kwargs)))
-                self._local_step(guide)
-            if step % cfg.record_every == 0 or step == cfg.steps:
-                self.elapsed += time.perf_counter() - tic
-                tic = time.perf_counter()
+            loss = stepper.step(step)
+            last = step == cfg.steps
+            if step % cfg.record_every == 0 or last:
+                self.elapsed, tic = self.elapsed + time.perf_counter() - tic, time.perf_counter()
                 record = functools.partial(self._record, step, guide, -loss)
-                row = self._guarded(step, record, lambda r: r["elbo"])
-                postfix = {"elbo": f"{row['elbo']:.4g}"}
-                if math.isfinite(row["gap"]):
-                    postfix["gap"] = f"{row['gap']:.3g}"
-                bar.set_postfix(postfix, refresh=False)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                self.elapsed += time.perf_counter() - tic
-                tic = time.perf_counter()
+                row = self._guarded(step, record, _elbo_of)
+                bar.set_postfix(_progress_postfix(row), refresh=False)
+            if step % cfg.checkpoint_every == 0 or last:
+                self.elapsed, tic = self.elapsed + time.perf_counter() - tic, time.perf_counter()
                 self._save_checkpoint(step, optim)
             bar.update(1)
             self._stop_if_interrupted(step, optim, bar)
@@ -715,11 +578,6 @@ class _Trainer:
                 f"training diverged: the ELBO fell from {start:.6g} at step 0 to {end:.6g} at "
                 f"step {rows[-1]['step']} (try a smaller --lr)"
             )
-
-    def _local_step(self, guide) -> None:
-        if self.config.local_steps:
-            with torch.no_grad():
-                self.model.local_step(guide, self.config.guide)
 
     def _guarded(
         self, step: int, action: Callable[[], Any], value_of: Callable[[Any], float] = float
