@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from zoo.errors import ZooError
-from zoo.estimators import ESTIMATORS
 from zoo.options import (
     MAX_EVAL_PARTICLES,
     boolean,
@@ -54,12 +53,16 @@ def name_value(value: Any) -> str:
     return value
 
 
-def one_of(choices: Sequence[str], what: str) -> Callable[[Any], str]:
-    """A converter: one of ``choices`` (``what`` names them in the function's name)."""
+def one_of(
+    choices: Sequence[str] | Callable[[], Sequence[str]], what: str
+) -> Callable[[Any], str]:
+    """A converter: one of ``choices`` (a sequence, or a function that gives it when first
+    needed); ``what`` names them in the converter's name."""
 
     def convert(value: Any) -> str:
-        if not isinstance(value, str) or value not in choices:
-            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        allowed = choices() if callable(choices) else choices
+        if not isinstance(value, str) or value not in allowed:
+            raise ValueError(f"{value!r} is not one of {', '.join(allowed)}")
         return value
 
     convert.__name__ = what
@@ -81,6 +84,12 @@ def device_name(value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"cpu|cuda(:[0-9]+)?", value):
         raise ValueError(f"{value!r} is not a device; use cpu or cuda")
     return value
+
+
+def _estimator_names() -> tuple[str, ...]:
+    from zoo.estimators import ESTIMATORS  # pyro: imported when an estimator is checked
+
+    return tuple(ESTIMATORS)
 
 
 # -- the table ----------------------------------------------------------------------------------
@@ -315,7 +324,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "elbo",
         str,
-        one_of(tuple(ESTIMATORS), "estimator"),
+        one_of(_estimator_names, "estimator"),
         "ELBO estimator, of those that apply to the model",
         rule=_elbo,
         choices=lambda cls: list(cls.estimators),
