@@ -16,10 +16,12 @@ parameters, so the runs are short and the checks are exact up to Monte Carlo err
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import math
 import pkgutil
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -34,20 +36,33 @@ from zoo.particles import ParticleBroadcastError
 from zoo.registry import get_model, model_names
 
 CASES = [(name, guide) for name in model_names() for guide in get_model(name).guides]
+IDS = [f"{m}/{g}" for m, g in CASES]
 EVAL_PARTICLES = 200
 
 
-@pytest.fixture(scope="module", params=CASES, ids=[f"{m}/{g}" for m, g in CASES])
-def result(request):
-    name, guide = request.param
+@functools.cache
+def _short_run(name: str, guide: str) -> zoo.FitResult:
     model = check_model(name, guide)  # every clause, at initialisation
     return zoo.fit(
         model, guide=guide, quick=True, steps=5, eval_particles=EVAL_PARTICLES, progress=False
     )
 
 
-def test_figures_tables_and_report(result):
-    figures = check_outputs(result)
+@pytest.fixture(scope="module", params=CASES, ids=IDS)
+def result(request):
+    return _short_run(*request.param)
+
+
+def _figures_case(name: str, guide: str) -> Any:
+    """The figures of every model's default guide in the default run; those of its other
+    guides with the slow tests (drawing is most of their cost, and the same code)."""
+    slow = () if guide == get_model(name).default_guide else pytest.mark.slow
+    return pytest.param(name, guide, marks=slow, id=f"{name}/{guide}")
+
+
+@pytest.mark.parametrize(("name", "guide"), [_figures_case(*case) for case in CASES])
+def test_figures_tables_and_report(name, guide):
+    figures = check_outputs(_short_run(name, guide))
     assert {"elbo_trace", "elbo_terms"} <= set(figures)
 
 
