@@ -16,14 +16,13 @@ from scipy.stats import multivariate_normal
 import zoo
 from zoo.diagnostics import evaluate
 from zoo.errors import DataError
+from zoo.gaussian import gaussian_kl, gaussian_log_density
 from zoo.models.vae import (
     LinearGaussian,
     LinearVAE,
     Points,
     VariationalAutoencoder,
     diagonal_gap,
-    gaussian_kl,
-    gaussian_log_density,
     ppca_covariance,
     ppca_ml,
     ppca_posterior,

@@ -328,7 +328,8 @@ def _point_log_weights(plate, size, model_trace, guide_trace, num, mpn):
 # Estimates from log ratios
 # --------------------------------------------------------------------------------------------
 def log_mean_exp(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """log(mean(exp(log_w))) along ``dim``, computed stably."""
+    """log(mean(exp(log_w))) along ``dim``, computed stably: logsumexp minus the log of the
+    count (over K particles: the importance-weighted bound of Burda et al. 2016)."""
     return torch.logsumexp(log_w, dim) - math.log(log_w.shape[dim])
 
 
@@ -341,7 +342,11 @@ def iwae_with_se(log_w: torch.Tensor, dim: int = 0) -> tuple[torch.Tensor, torch
 
 
 def mean_with_se(x: torch.Tensor) -> tuple[float, float]:
-    n = x.shape[0]
+    """The mean of every element of ``x`` (any shape, any dtype; computed in float64) and its
+    standard error s / sqrt(n), s the sample standard deviation (divisor n - 1); the standard
+    error is nan for a single element."""
+    x = torch.as_tensor(x).detach().reshape(-1).double()
+    n = x.numel()
     se = x.std().item() / math.sqrt(n) if n > 1 else math.nan
     return x.mean().item(), se
 

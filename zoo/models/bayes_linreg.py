@@ -44,6 +44,7 @@ import torch
 
 from zoo.data import as_float_array, read_numeric_table
 from zoo.errors import DataError, ZooError
+from zoo.gaussian import gaussian_entropy, gaussian_log_density, mean_field_gap
 from zoo.model import Option, Training, ZooModel, positive_float
 from zoo.registry import register
 
@@ -78,10 +79,7 @@ def log_evidence_direct(
     (PRML eq. 3.86 in its marginal-Gaussian form, PRML eq. 2.115). O(N^3): the reference."""
     n = x.shape[0]
     cov = noise_scale**2 * torch.eye(n, dtype=x.dtype, device=x.device) + prior_scale**2 * x @ x.T
-    chol = torch.linalg.cholesky(cov)
-    alpha = torch.linalg.solve_triangular(chol, y.unsqueeze(-1), upper=False).squeeze(-1)
-    log_det = 2.0 * chol.diagonal().log().sum()
-    return float(-0.5 * (n * math.log(2 * math.pi) + log_det + alpha @ alpha))
+    return float(gaussian_log_density(y, 0.0, cov))
 
 
 def log_evidence(x: torch.Tensor, y: torch.Tensor, prior_scale: float, noise_scale: float) -> float:
@@ -108,14 +106,6 @@ def log_evidence(x: torch.Tensor, y: torch.Tensor, prior_scale: float, noise_sca
     )
 
 
-def mean_field_gap(precision: torch.Tensor) -> float:
-    """KL(q* || p(w | y)) = 0.5 (sum_i log Lambda_ii - log |Lambda|) for the best mean field
-    q*_i = N(m_i, 1 / Lambda_ii) (PRML §10.1.2): the least the mean-field ELBO can fall short
-    of the log evidence. Hadamard's inequality makes it >= 0."""
-    log_det = 2.0 * torch.linalg.cholesky(precision).diagonal().log().sum()
-    return float(0.5 * (precision.diagonal().log().sum() - log_det))
-
-
 def gaussian_elbo(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -140,7 +130,7 @@ def gaussian_elbo(
         -0.5 * d * math.log(2 * math.pi * prior_scale**2)
         - 0.5 * (mean @ mean + cov.trace()) / prior_scale**2
     )
-    entropy = 0.5 * d * math.log(2 * math.pi * math.e) + 0.5 * torch.logdet(cov)
+    entropy = gaussian_entropy(cov)
     return float(ell + log_prior + entropy)
 
 

@@ -13,7 +13,6 @@ from zoo.models.amortized.collapse import (
     activity,
     collapse_report,
     format_collapse,
-    gaussian_kl_per_dim,
     report_from_moments,
 )
 from zoo.models.amortized.figures import plot_kl_per_dim, plot_training
@@ -27,7 +26,6 @@ __all__ = [
     "activity",
     "collapse_report",
     "format_collapse",
-    "gaussian_kl_per_dim",
     "plot_kl_per_dim",
     "plot_training",
     "report_from_moments",

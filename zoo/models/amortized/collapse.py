@@ -26,13 +26,10 @@ from typing import Any
 import torch
 from torch.distributions import Independent, MultivariateNormal, Normal
 
+from zoo.gaussian import standard_normal_kl
+
 #: Burda et al. (2016): a unit is active when Cov_x(E_q[z_d | x]) exceeds this
 ACTIVITY_THRESHOLD = 0.01
-
-
-def gaussian_kl_per_dim(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """KL(N(loc, scale^2) || N(0, 1)) elementwise: ``0.5 (loc^2 + scale^2 - 1) - log scale``."""
-    return 0.5 * (loc.pow(2) + scale.pow(2) - 1.0) - scale.log()
 
 
 def activity(posterior_means: torch.Tensor) -> torch.Tensor:
@@ -94,7 +91,7 @@ def report_from_moments(
     """A :class:`CollapseReport` from the posterior means and marginal variances, shape (N, D)
     each: per-dimension Gaussian KL averaged over the points, and the activity of the means."""
     means, variances = means.double(), variances.double()
-    kl = gaussian_kl_per_dim(means, variances.sqrt()).mean(0)
+    kl = standard_normal_kl(means, variances.sqrt()).mean(0)
     count, act = active_units(means, threshold)
     return CollapseReport(
         num_data=int(means.shape[0]),

@@ -87,6 +87,7 @@ import torch
 from pyro.distributions import constraints
 
 from zoo.data import as_float_array, read_numeric_table
+from zoo.diagnostics import log_mean_exp, mean_with_se
 from zoo.errors import DataError
 from zoo.model import (
     Option,
@@ -111,12 +112,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 OBJECTIVES = ("vdm", "rb", "mc")
 _MODULE = "denoiser"
-
-
-def _mean_se(values: torch.Tensor) -> tuple[float, float]:
-    values = values.double().reshape(-1)
-    n = values.numel()
-    return values.mean().item(), (values.std().item() / math.sqrt(n) if n > 1 else math.nan)
 
 
 @register
@@ -522,7 +517,7 @@ class Diffusion(ZooModel):
         log mean_k w_k over ``particles`` whole chains from q: an estimate of the discrete-time
         (SDE) model's log-likelihood from below, tighter than its ELBO."""
         log_w = self.chain_log_weights(x, particles, num_steps)
-        return torch.logsumexp(log_w, 0) - math.log(particles)
+        return log_mean_exp(log_w, 0)
 
     @torch.no_grad()
     def ode_log_likelihood(self, x: torch.Tensor, steps: int | None = None) -> torch.Tensor:
@@ -540,10 +535,10 @@ class Diffusion(ZooModel):
 
     # -- reporting -----------------------------------------------------------------------------
     def _per_point(self, name: str, values: torch.Tensor, ideal: torch.Tensor | None) -> dict:
-        mean, se = _mean_se(values)
+        mean, se = mean_with_se(values)
         row = {f"{name}": mean, f"{name}_se": se, f"{name}_bits_per_dim": -mean / self._bits}
         if ideal is not None:
-            gap, gap_se = _mean_se(ideal - values)
+            gap, gap_se = mean_with_se(ideal - values)
             row[f"{name}_gap"], row[f"{name}_gap_se"] = gap, gap_se
         return row
 
@@ -597,7 +592,7 @@ class Diffusion(ZooModel):
         row["per_step_L"] = disc["per_step"].mean(1).tolist()
         mc = self.chain_log_weights(x)[0]
         row.update(self._per_point("elbo_mc_chain", mc, lp))
-        diff, diff_se = _mean_se(disc["elbo"] - mc)
+        diff, diff_se = mean_with_se(disc["elbo"] - mc)
         row["rb_minus_mc"], row["rb_minus_mc_se"] = diff, diff_se
         row["rb_minus_mc_z"] = diff / diff_se if diff_se > 0 else math.nan
         out["discrete"] = row

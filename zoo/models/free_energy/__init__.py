@@ -28,14 +28,12 @@ linear-Gaussian hierarchy's closed forms (:mod:`.hierarchy`), the spline of the 
 (:mod:`.spline`) and the figures (:mod:`.figures`).
 """
 
+from zoo.gaussian import LOG_2PI, log_normal
 from zoo.models.free_energy.figures import free_energy_axes
 from zoo.models.free_energy.hierarchy import (
-    gaussian_kl_to_posterior,
-    gaussian_log_density,
     hierarchy_covariance,
     hierarchy_posterior_means,
     hierarchy_precision,
-    mean_field_gap,
 )
 from zoo.models.free_energy.learning import (
     FreeEnergyLearning,
@@ -46,7 +44,6 @@ from zoo.models.free_energy.learning import (
 )
 from zoo.models.free_energy.maths import (
     EXERCISE_1,
-    LOG_2PI,
     NOT_A_BOUND,
     VARIANCE_RANGE,
     best_gaussian,
@@ -55,7 +52,6 @@ from zoo.models.free_energy.maths import (
     grid_log_evidence,
     integration_range,
     log_joint,
-    log_normal,
     perception_log_evidence,
     posterior_curvature,
     stationary_points,
@@ -80,8 +76,6 @@ __all__ = [
     "bogacz_gradient_ascent",
     "free_energy_axes",
     "gaussian_elbo",
-    "gaussian_kl_to_posterior",
-    "gaussian_log_density",
     "grid_log_evidence",
     "hierarchy_covariance",
     "hierarchy_posterior_means",
@@ -92,7 +86,6 @@ __all__ = [
     "log_normal",
     "log_trapezoid",
     "max_marginal_likelihood",
-    "mean_field_gap",
     "perception_log_evidence",
     "posterior_curvature",
     "simulate_items",

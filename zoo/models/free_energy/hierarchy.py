@@ -6,23 +6,13 @@ Bogacz (2017), J. Math. Psych. 76, §4.2 (eqs. 51-56); Rao & Ballard (1999), Nat
     z2 ~ N(0, I_k2),    z1 | z2 ~ N(W2 z2, s1^2 I_k1),    x | z1 ~ N(W1 z1, s0^2 I_D),
 
 so x ~ N(0, W1 W2 W2^T W1^T + s1^2 W1 W1^T + s0^2 I), and the posterior of (z1, z2) given x is
-Gaussian with one precision Lambda for every point. The mean field's best gap follows Bishop,
-PRML §10.1.2.
+Gaussian with one precision Lambda for every point. Its density, its KL to a Gaussian guide and
+the mean field's best gap (Bishop, PRML §10.1.2) are the formulas of :mod:`zoo.gaussian`.
 """
 
 from __future__ import annotations
 
 import torch
-
-from zoo.models.free_energy.maths import LOG_2PI
-
-
-def gaussian_log_density(x: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
-    """ln N(x_n | 0, cov) for every row x_n, through the Cholesky factor: the one formula."""
-    chol = torch.linalg.cholesky(cov)
-    alpha = torch.linalg.solve_triangular(chol, x.T, upper=False)  # (D, N)
-    log_det = 2.0 * chol.diagonal().log().sum()
-    return -0.5 * (x.shape[-1] * LOG_2PI + log_det + alpha.pow(2).sum(0))
 
 
 def hierarchy_covariance(w1: torch.Tensor, w2: torch.Tensor, s1: float, s0: float) -> torch.Tensor:
@@ -53,23 +43,3 @@ def hierarchy_posterior_means(
     rhs = torch.cat([x @ w1 / s0**2, x.new_zeros(x.shape[0], k2)], 1)
     chol = torch.linalg.cholesky(precision)
     return torch.cholesky_solve(rhs.T, chol).T
-
-
-def mean_field_gap(precision: torch.Tensor) -> float:
-    """KL(q* || p) = 1/2 (sum_i ln Lambda_ii - ln |Lambda|) of the best fully factorised
-    Gaussian q*_i = N(m_i, 1 / Lambda_ii) (Bishop, PRML §10.1.2), per data point."""
-    log_det = 2.0 * torch.linalg.cholesky(precision).diagonal().log().sum()
-    return float(0.5 * (precision.diagonal().log().sum() - log_det))
-
-
-def gaussian_kl_to_posterior(
-    mean: torch.Tensor, cov: torch.Tensor, post_mean: torch.Tensor, precision: torch.Tensor
-) -> torch.Tensor:
-    """KL(N(mean_n, cov_n) || N(post_mean_n, Lambda^{-1})) for every point n, in closed form."""
-    k = precision.shape[-1]
-    diff = post_mean - mean
-    trace = (precision * cov).sum((-1, -2))
-    maha = ((diff @ precision) * diff).sum(-1)
-    log_det_q = torch.logdet(cov)
-    log_det_prec = torch.logdet(precision)
-    return 0.5 * (trace + maha - k - log_det_q - log_det_prec)

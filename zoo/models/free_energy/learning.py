@@ -35,6 +35,7 @@ from pyro.infer.autoguide import AutoDelta, AutoNormal, init_to_value
 
 from zoo.data import as_float_array, read_numeric_table
 from zoo.errors import DataError
+from zoo.gaussian import log_normal
 from zoo.model import Training, ZooModel
 from zoo.models.free_energy import figures
 from zoo.models.free_energy.maths import (
@@ -44,7 +45,6 @@ from zoo.models.free_energy.maths import (
     gaussian_elbo,
     grid_log_evidence,
     log_joint,
-    log_normal,
     posterior_curvature,
     require_finite,
     require_positive,

@@ -22,10 +22,9 @@ import numpy as np
 import torch
 
 from zoo.errors import DataError, ZooError
+from zoo.gaussian import LOG_2PI, log_normal
 from zoo.models.free_energy.quadrature import log_integral, log_trapezoid
 from zoo.optimize import maximize
-
-LOG_2PI = math.log(2 * math.pi)
 
 #: Bogacz (2017), §2.1, Exercise 1: observed light, prior mean and variance, sensory variance
 EXERCISE_1 = {"u": 2.0, "v_p": 3.0, "sigma_p": 1.0, "sigma_u": 1.0}
@@ -61,13 +60,9 @@ def _log(value: Any) -> Any:
     return np.log(value) if isinstance(value, np.ndarray) else math.log(value)
 
 
-def log_normal(x: Any, mean: Any, var: Any) -> Any:
-    """ln f(x; mean, var), Bogacz's eq. 2 (var is a variance)."""
-    return -0.5 * (LOG_2PI + _log(var) + (x - mean) ** 2 / var)
-
-
 def log_joint(v: Any, u: Any, v_p: Any, sigma_p: Any, sigma_u: Any) -> Any:
-    """ln p(v) + ln p(u | v) with g(v) = v^2: Bogacz's F of eq. 7, constant included."""
+    """ln p(v) + ln p(u | v) with g(v) = v^2: Bogacz's F of eq. 7, constant included (the
+    normal densities f of Bogacz's eq. 2 are :func:`zoo.gaussian.log_normal`)."""
     return log_normal(v, v_p, sigma_p) + log_normal(u, v * v, sigma_u)
 
 
@@ -185,8 +180,7 @@ def grid_log_evidence(
     hi = max(integration_range(u_min, vp, sp, su)[1], integration_range(u_max, vp, sp, su)[1])
 
     def log_f(grid: torch.Tensor, vp: Any, sp: Any, su: Any, u: torch.Tensor = u) -> torch.Tensor:
-        prior = log_normal(grid, vp, sp)  # one row, shared by every item
-        return prior - 0.5 * (LOG_2PI + _log(su)) - (u.unsqueeze(-1) - grid * grid) ** 2 / (2 * su)
+        return log_joint(grid, u.unsqueeze(-1), vp, sp, su)  # (items, nodes)
 
     with torch.no_grad():
         coarse = torch.linspace(lo, hi, 401, dtype=u.dtype, device=u.device)

@@ -33,18 +33,17 @@ from pyro.infer.autoguide import AutoDelta, AutoNormal, init_to_value
 from torch.distributions import AffineTransform
 
 from zoo.errors import DataError
+from zoo.gaussian import LOG_2PI, log_normal
 from zoo.model import Training, ZooModel
 from zoo.models.free_energy import figures
 from zoo.models.free_energy.maths import (
     EXERCISE_1,
-    LOG_2PI,
     NOT_A_BOUND,
     best_gaussian,
     bogacz_gradient_ascent,
     gaussian_elbo,
     integration_range,
     log_joint,
-    log_normal,
     perception_log_evidence,
     require_finite,
     require_positive,

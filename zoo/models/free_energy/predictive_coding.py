@@ -30,15 +30,13 @@ from pyro.infer.autoguide import AutoNormal
 
 from zoo.data import as_float_array, read_numeric_table
 from zoo.errors import DataError, ZooError
+from zoo.gaussian import gaussian_kl, gaussian_log_density, mean_field_gap
 from zoo.model import Training, ZooModel
 from zoo.models.free_energy import figures
 from zoo.models.free_energy.hierarchy import (
-    gaussian_kl_to_posterior,
-    gaussian_log_density,
     hierarchy_covariance,
     hierarchy_posterior_means,
     hierarchy_precision,
-    mean_field_gap,
 )
 from zoo.models.free_energy.maths import require_positive
 from zoo.options import Option, positive_float, positive_int, seed_value
@@ -115,7 +113,7 @@ class PredictiveCoding(ZooModel):
         self.post_means = hierarchy_posterior_means(
             self.x, self.w1, self.w2, self.s0, self.precision
         )
-        self.point_log_evidence = gaussian_log_density(self.x, self.covariance)
+        self.point_log_evidence = gaussian_log_density(self.x, 0.0, self.covariance)
 
     def simulate(self, num: int, seed: int) -> np.ndarray:
         """Ancestral sampling: z2, then z1 | z2, then x | z1."""
@@ -219,7 +217,7 @@ class PredictiveCoding(ZooModel):
     def point_gaps(self, guide: Any, guide_name: str) -> torch.Tensor:
         """KL(q_n || p(z | x_n)) for every point, in closed form: the per-point gap."""
         mean, cov = self.guide_gaussians(guide, guide_name)
-        return gaussian_kl_to_posterior(mean, cov, self.post_means, self.precision)
+        return gaussian_kl(mean, cov, self.post_means, precision_p=self.precision)
 
     def posterior_correlation(self) -> torch.Tensor:
         """The exact posterior correlation matrix of (z1, z2) (the same for every point)."""

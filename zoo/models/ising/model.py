@@ -55,6 +55,7 @@ import pyro.distributions as dist
 import torch
 
 from guides.autoregressive import AutoregressiveLatticeGuide, FactorisedLatticeGuide
+from zoo.diagnostics import mean_with_se
 from zoo.errors import DataError
 from zoo.memory import require_memory
 from zoo.model import (
@@ -334,13 +335,14 @@ class Ising(ZooModel):
         e = energy(s, periodic=self.periodic, h=self.h)
         log_w = -self.beta * e - log_q
         m = s.sum((-1, -2)) / n
-        se = lambda x: (x.std() / math.sqrt(num)).item()  # noqa: E731
+        elbo, elbo_se = mean_with_se(log_w)
+        energy_per_site, energy_per_site_se = mean_with_se(e / n)
         return {
             "draws": num,
-            "elbo": log_w.mean().item(),
-            "elbo_se": se(log_w),
-            "energy_per_site": (e.mean() / n).item(),
-            "energy_per_site_se": se(e / n),
+            "elbo": elbo,
+            "elbo_se": elbo_se,
+            "energy_per_site": energy_per_site,
+            "energy_per_site_se": energy_per_site_se,
             "heat_capacity_per_site": (self.beta**2 * e.var() / n).item(),
             "m2": (m**2).mean().item(),
             "abs_magnetisation": m.abs().mean().item(),

@@ -160,6 +160,7 @@ def kmeans_plusplus_topics(counts: np.ndarray, topics: int, rng: np.random.Gener
     frequencies (Arthur & Vassilvitskii 2007, D^2 sampling), every document given to its
     nearest centre, and each topic the pooled word counts of its documents plus one per word
     (the add-one smoothing of Blei et al.'s lda-c "seeded" start). Shape (K, V)."""
+    # not sklearn's kmeans_plusplus: same rule, but its RandomState would change every seeded start
     freq = counts / counts.sum(1, keepdims=True)
     centres = [int(rng.integers(len(freq)))]
     dist2 = ((freq - freq[centres[0]]) ** 2).sum(1)

@@ -21,6 +21,7 @@ import numpy as np
 from scipy.special import digamma, gammaln
 
 from zoo.errors import ZooError
+from zoo.gaussian import gaussian_entropy
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,7 @@ def log_tau_gaussian_elbo(
         + 0.5 * n * (log_tau - math.log(2 * math.pi))
         - 0.5 * tau * (scatter + n * (mean - mu) ** 2)
     )  # fmt: skip
-    entropy = 0.5 * math.log(np.linalg.det(2 * math.pi * math.e * cov))
+    entropy = float(gaussian_entropy(np.asarray(cov, dtype=np.float64)))
     return float(np.outer(w, w).ravel() @ (log_joint + log_tau) + entropy)
 
 

@@ -65,8 +65,6 @@ from zoo.models.vae.nonlinear import MIN_PIXEL_SCALE, VariationalAutoencoder
 from zoo.models.vae.ppca import (
     LinearGaussian,
     diagonal_gap,
-    gaussian_kl,
-    gaussian_log_density,
     ppca_covariance,
     ppca_ml,
     ppca_posterior,
@@ -81,8 +79,6 @@ __all__ = [
     "Points",
     "VariationalAutoencoder",
     "diagonal_gap",
-    "gaussian_kl",
-    "gaussian_log_density",
     "load_digits_data",
     "plot_latent_map",
     "plot_prior_samples",

@@ -21,14 +21,13 @@ from pyro.distributions import constraints
 
 from guides.amortized import AmortizedGuide, LinearGaussianEncoder
 from zoo.errors import DataError
+from zoo.gaussian import gaussian_kl, gaussian_log_density
 from zoo.model import Option, Training, boolean, positive_int, seed_value
 from zoo.models.vae.base import ArrayVAE
 from zoo.models.vae.data import strict_fraction
 from zoo.models.vae.ppca import (
     LinearGaussian,
     diagonal_gap,
-    gaussian_kl,
-    gaussian_log_density,
     ppca_covariance,
     ppca_ml,
     ppca_posterior,

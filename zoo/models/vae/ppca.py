@@ -18,15 +18,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
-
-def gaussian_log_density(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
-    """log N(x_n | mean, cov) for each row of x, through the Cholesky factor of cov."""
-    chol = torch.linalg.cholesky(cov)
-    diff = (x - mean).unsqueeze(-1)
-    alpha = torch.linalg.solve_triangular(chol, diff, upper=False).squeeze(-1)
-    log_det = 2.0 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    d = x.shape[-1]
-    return -0.5 * (d * math.log(2 * math.pi) + log_det + alpha.pow(2).sum(-1))
+from zoo.gaussian import gaussian_log_density, mean_field_gap
 
 
 def ppca_covariance(weight: torch.Tensor, noise_var: torch.Tensor | float) -> torch.Tensor:
@@ -49,26 +41,13 @@ def ppca_posterior(
 
 
 def diagonal_gap(weight: torch.Tensor, noise_var: torch.Tensor | float) -> float:
-    """log p(x) - best diagonal-Gaussian ELBO, per data point: 0.5 (sum log Lambda_ii -
-    log |Lambda|), Lambda = (W^T W + sigma^2 I) / sigma^2 the posterior precision (the same for
-    every x). Zero exactly when W^T W is diagonal."""
+    """log p(x) - best diagonal-Gaussian ELBO, per data point: the mean-field gap
+    (:func:`zoo.gaussian.mean_field_gap`) 0.5 (sum log Lambda_ii - log |Lambda|) of the
+    posterior precision Lambda = (W^T W + sigma^2 I) / sigma^2 (the same for every x). Zero
+    exactly when W^T W is diagonal."""
     q = weight.shape[1]
     eye = torch.eye(q, dtype=weight.dtype, device=weight.device)
-    precision = (weight.T @ weight + noise_var * eye) / noise_var
-    return float(0.5 * (precision.diagonal().log().sum() - torch.logdet(precision)))
-
-
-def gaussian_kl(
-    loc_q: torch.Tensor, cov_q: torch.Tensor, loc_p: torch.Tensor, cov_p: torch.Tensor
-) -> torch.Tensor:
-    """KL(N(loc_q, cov_q) || N(loc_p, cov_p)) for rows of locations and shared covariances."""
-    q = cov_q.shape[-1]
-    chol_p = torch.linalg.cholesky(cov_p)
-    solve = torch.cholesky_solve(cov_q, chol_p)
-    diff = (loc_p - loc_q).unsqueeze(-1)
-    maha = torch.cholesky_solve(diff, chol_p).squeeze(-1).mul(diff.squeeze(-1)).sum(-1)
-    logdet_p = 2.0 * chol_p.diagonal().log().sum()
-    return 0.5 * (solve.diagonal().sum() + maha - q + logdet_p - torch.logdet(cov_q))
+    return mean_field_gap((weight.T @ weight + noise_var * eye) / noise_var)
 
 
 def ppca_ml(x: torch.Tensor, latent_dim: int) -> dict[str, Any]:
