@@ -403,7 +403,7 @@ def test_blocked_diagnostics_equal_the_whole():
     whole = result.diagnostics
     size, m.data_block_size = m.data_block_size, 128  # 500 points: blocks of 128 (3) and 116
     try:
-        blocked = evaluate(m, result.guide, num_particles=100, guide_name="posterior")
+        blocked = evaluate(m, result.guide, num_particles=100, guide_name="exact")
     finally:
         m.data_block_size = size
     assert blocked.elbo == pytest.approx(whole.elbo, abs=1e-8)

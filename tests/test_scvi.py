@@ -447,7 +447,7 @@ def _train_encoder_only(model, steps, lr=0.02):
     """A fresh encoder trained against the true decoder (the decoder's learning rate is 0)."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
-    guide = model.build_guide("gaussian")
+    guide = model.build_guide("mean-field")
     model.set_true_parameters()
     optim = ClippedAdam(lambda name: {"lr": lr if name.startswith("encoder") else 0.0})
     svi = SVI(

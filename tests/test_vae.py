@@ -146,9 +146,9 @@ def test_exact_encoder_has_elbo_equal_to_log_evidence(init):
     """With the encoder set to the exact posterior map, every particle's log importance ratio
     is log p(x): the ELBO equals the evidence, with zero variance, at any decoder."""
     m = LinearVAE(init=init)
-    guide = _prepare(m, "full-covariance")
+    guide = _prepare(m, "full-rank")
     m.set_encoder(guide)
-    d = evaluate(m, guide, num_particles=50, guide_name="full-covariance")
+    d = evaluate(m, guide, num_particles=50, guide_name="full-rank")
     assert d.elbo == pytest.approx(d.log_evidence, abs=1e-8 * abs(d.log_evidence))
     assert d.elbo_se < 1e-9 and d.khat == -math.inf
     assert d.best_elbo == pytest.approx(d.log_evidence)
@@ -166,9 +166,9 @@ def test_diagonal_encoder_fails_to_be_exact_once_w_is_rotated():
     assert diagonal_gap(*plain.current()[::2]) < 1e-10
     gap = diagonal_gap(*rotated.current()[::2])
     assert gap > 0.1  # nats per image
-    guide = _prepare(rotated, "diagonal")
+    guide = _prepare(rotated, "mean-field")
     rotated.set_encoder(guide)
-    d = evaluate(rotated, guide, num_particles=400, guide_name="diagonal")
+    d = evaluate(rotated, guide, num_particles=400, guide_name="mean-field")
     n = d.num_data
     assert abs(d.gap / n - gap) < 4 * d.elbo_se / n
     assert d.family_gap / n == pytest.approx(0.0, abs=4 * d.elbo_se / n)
@@ -209,10 +209,10 @@ def test_iaf_encoder_tightens_the_gap():
     Gaussian encoder shrink the test-set IWAE_1000 - ELBO (measured 1.11 -> 0.75 nats per image
     in development; standard errors ~0.01)."""
     gaps = {}
-    for guide in ("gaussian", "iaf"):
+    for guide in ("mean-field", "iaf"):
         result = zoo.fit("vae", guide=guide, record_every=300, eval_particles=30, progress=False)
         gaps[guide] = result.summary["test"]["per_point"]["iwae_minus_elbo"]
-    assert gaps["iaf"] < 0.9 * gaps["gaussian"]
+    assert gaps["iaf"] < 0.9 * gaps["mean-field"]
 
 
 @pytest.mark.slow
@@ -221,7 +221,7 @@ def test_training_the_diagonal_vae_rotates_w_back():
     training makes the columns of W orthogonal."""
     result = zoo.fit(
         "linear-vae",
-        guide="diagonal",
+        guide="mean-field",
         init="ml-rotated",
         eval_particles=200,
         test_particles=50,
@@ -325,7 +325,7 @@ def test_collapsed_units_are_found():
     """Point the encoder's last three dimensions at the prior (mean 0, sd 1 for every x): their
     KL is zero, their activity zero, and the active-unit count drops by three."""
     m = VariationalAutoencoder(latent_dim=5, hidden=32)
-    guide = _prepare(m, "gaussian")
+    guide = _prepare(m, "mean-field")
     store = pyro.get_param_store()
     weight = store["encoder$$$head.weight"].detach().clone()  # rows: 5 means, then 5 scales
     bias = store["encoder$$$head.bias"].detach().clone()
@@ -340,7 +340,7 @@ def test_collapsed_units_are_found():
     assert c["active_units"] <= 2
 
 
-@pytest.mark.parametrize("guide", ["gaussian", "iaf"])
+@pytest.mark.parametrize("guide", ["mean-field", "iaf"])
 def test_same_seed_same_fit_and_resume(tmp_path, monkeypatch, guide):
     """The networks are built after the runner seeds torch: the same seed gives the same
     parameters, and a run resumed from its checkpoint ends where an uninterrupted one does."""

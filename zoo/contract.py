@@ -29,6 +29,7 @@ from typing import Any
 import pyro
 import torch
 
+from guides import VOCABULARY
 from zoo.applications import APPLICATIONS
 from zoo.data_blocks import on_block
 from zoo.diagnostics import evaluate, finite_or_none
@@ -63,6 +64,13 @@ def check_declaration(cls: type[ZooModel]) -> None:
         raise _fail(where, f"application {cls.application!r} is not one of {APPLICATIONS}")
     if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", cls.name):
         raise _fail(where, f"name {cls.name!r} is not kebab-case")
+    unnamed = [g for g in cls.guides if g not in VOCABULARY]
+    if unnamed:
+        raise _fail(
+            where,
+            f"guides {unnamed} are not in the vocabulary (guides.VOCABULARY): name the "
+            "family as every model does, or add it there with its definition",
+        )
     if cls.default_guide not in cls.guides:
         raise _fail(where, f"default guide {cls.default_guide!r} is not among {cls.guides}")
     if cls.default_method not in METHODS or (

@@ -18,7 +18,8 @@ Mandatory: without these nothing runs
   particle dimension, because the estimators and the diagnostics draw particles vectorized:
   write ``(w * X).sum(-1)``, not ``X @ w``. The contract checks it by scoring the same
   particles vectorized and one at a time (:mod:`zoo.particles`), and names the model if not;
-- ``guides`` and ``default_guide``: the guides it accepts. Names from
+- ``guides`` and ``default_guide``: the guides it accepts, named from
+  :data:`guides.VOCABULARY` (one name, one family, in every model). Names in
   :data:`guides.FAMILIES` are built generically; a model adds its own (``exact``) by
   overriding :meth:`build_guide`. Every hook that concerns a guide receives its name with it.
 

@@ -19,7 +19,7 @@ Kingma & Welling (2014) and Lucas et al. (2019), "Don't blame the ELBO!".
 # Fit from a random decoder
 # -------------------------
 # The digits' intensities / 16 (1,437 training images of 64 pixels), an 8-dimensional latent,
-# the ``full-covariance`` encoder m(x) = A x + b with one Cholesky factor, both decoder and
+# the ``full-rank`` encoder m(x) = A x + b with one Cholesky factor, both decoder and
 # encoder trained by SVI on the full data.
 import os
 
@@ -36,7 +36,7 @@ print(format_result(result))
 # %%
 # Three numbers that agree once training has converged: the ELBO, the exact log evidence at the
 # trained parameters, and the largest log evidence any parameters reach (Tipping & Bishop's
-# closed form). The full-covariance encoder contains the exact posterior, so what separates
+# closed form). The ``full-rank`` encoder contains the exact posterior, so what separates
 # them is only training left undone; the last line says how much this run left.
 # scikit-learn's ``PCA.score`` is the same model with the covariance of divisor N − 1, exactly
 # N/(N − 1) times the maximum-likelihood one, so it is lower by (D/2)(log c + 1/c − 1) per image,
@@ -69,12 +69,12 @@ figures = result.figures()
 # A diagonal encoder and a rotated W
 # ----------------------------------
 # Start the decoder at the maximum-likelihood W rotated by a random rotation R (the evidence
-# does not change: W R Rᵀ Wᵀ = W Wᵀ), hold it there, and train a ``diagonal`` encoder. Its
+# does not change: W R Rᵀ Wᵀ = W Wᵀ), hold it there, and train a ``mean-field`` (diagonal) encoder. Its
 # best ELBO is below the evidence by ½(Σᵢ log Λᵢᵢ − log|Λ|) per image, Λ the posterior
 # precision, and that is where it stops.
 frozen = zoo.fit(
     "linear-vae",
-    guide="diagonal",
+    guide="mean-field",
     init="ml-rotated",
     train_decoder=False,
     steps=300 if QUICK else 1000,
@@ -95,7 +95,7 @@ print(f"best diagonal gap (exact):  {frozen.summary['best_diagonal_gap_per_point
 # (Lucas et al. 2019). The evidence is the same at every rotation, so the gap is all that moves.
 free = zoo.fit(
     "linear-vae",
-    guide="diagonal",
+    guide="mean-field",
     init="ml-rotated",
     seed=0,
     quick=QUICK,

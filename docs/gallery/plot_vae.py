@@ -90,7 +90,7 @@ figures = result.figures()
 # build), it does (1.11 -> 0.75 nats per image in the benchmarks); a quick build's flow may not
 # have caught up yet. The last line reports what this build's runs show.
 flow = zoo.fit("vae", guide="iaf", **SETTINGS)
-for name, r in (("gaussian", result), ("iaf", flow)):
+for name, r in (("mean-field", result), ("iaf", flow)):
     t = r.summary["test"]["per_point"]
     print(
         f"{name:<9} test ELBO {t['elbo']:8.3f}  IWAE {t['iwae']:8.3f}  "

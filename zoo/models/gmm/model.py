@@ -158,8 +158,8 @@ class GaussianMixture(ZooModel):
         ),
     )
     data_help = "CSV file of points (numeric columns are the features)"
-    guides = ("posterior",)
-    default_guide = "posterior"
+    guides = ("exact",)
+    default_guide = "exact"
     default_elbo = "trace"
     #: discrete labels: ``enum`` sums them out exactly; no ``meanfield`` (not reparameterised)
     estimators = ("trace", "enum", "graph", "iwae")
@@ -289,7 +289,7 @@ class GaussianMixture(ZooModel):
             pyro.sample("z", dist.Categorical(logits=logits))
 
     def build_guide(self, name: str):
-        if name == "posterior":
+        if name == "exact":
             return self.posterior_guide
         return super().build_guide(name)
 

@@ -127,10 +127,10 @@ class SingleCellVI(AmortizedModel):
         ".h5ad file (counts layer or X; --layer, --backed), 10x matrix directory "
         "(matrix.mtx, genes.tsv/features.tsv, barcodes.tsv) or CSV (cells x genes) of counts"
     )
-    guides = ("gaussian",)
-    default_guide = "gaussian"
+    guides = ("mean-field",)
+    default_guide = "mean-field"
     default_elbo = "trace"
-    elbo_for_guide = {"gaussian": "meanfield"}
+    elbo_for_guide = {"mean-field": "meanfield"}
     # 200 epochs of 5 mini-batches: on the 630 PBMC training cells the held-out likelihood
     # peaks around here and then falls as the decoder overfits (benchmarks/README.md)
     # a history record scores 16 particles of every training cell (0.2 s): 20 records a run

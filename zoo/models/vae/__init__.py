@@ -19,7 +19,7 @@ ELBO per point is reconstruction minus KL, E_q log p(x | z) - KL(q(z | x) || N(0
   Likelihoods: ``bernoulli`` on binarised pixels (intensity/16 > 0.5), or ``gaussian`` on
   uniformly dequantised intensities (pixel + u) / 17, u ~ U(0, 1) (Theis, van den Oord &
   Bethge 2016), with one learned standard deviation per pixel (at least 1e-3): a density on
-  [0, 1]^64 that is bounded because of the dequantisation. Guides: ``gaussian``
+  [0, 1]^64 that is bounded because of the dequantisation. Guides: ``mean-field``
   q(z | x) = N(m(x), diag V(x)), trained with the analytic KL (``meanfield``, Kingma & Welling's
   estimator B), or ``iaf``, inverse autoregressive flow layers on top (Kingma et al. 2016).
 
@@ -29,7 +29,7 @@ ELBO per point is reconstruction minus KL, E_q log p(x | z) - KL(q(z | x) || N(0
   - evidence p(x) = N(x | mu, C), C = W W^T + sigma^2 I (Tipping & Bishop eq. 3);
   - posterior p(z | x) = N(M^{-1} W^T (x - mu), sigma^2 M^{-1}), M = W^T W + sigma^2 I
     (eq. 6): a linear mean and an x-independent covariance, so the encoder family
-    ``full-covariance`` (m(x) = A x + b, one Cholesky factor) contains it and its best ELBO
+    ``full-rank`` (m(x) = A x + b, one Cholesky factor) contains it and its best ELBO
     is the evidence;
   - the best ``diagonal`` encoder has the exact means and variances 1 / Lambda_ii, with
     Lambda = M / sigma^2 the posterior precision; its ELBO is below the evidence by

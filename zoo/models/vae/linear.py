@@ -39,7 +39,7 @@ from zoo.registry import register
 @register
 class LinearVAE(ArrayVAE):
     """Probabilistic PCA as a VAE: decoder x = W z + mu + eps, eps ~ N(0, sigma^2 I), and a
-    linear Gaussian encoder, full-covariance or diagonal (Tipping & Bishop 1999, section 3;
+    linear Gaussian encoder, ``full-rank`` (a full covariance) or ``mean-field`` (diagonal) (Tipping & Bishop 1999, section 3;
     Lucas et al. 2019). The evidence, the posterior and the ELBO gap are in closed form
     (:mod:`zoo.models.vae.ppca`)."""
 
@@ -65,11 +65,11 @@ class LinearVAE(ArrayVAE):
         Option("split_seed", seed_value, 0, "seed of the train/test split"),
         Option("test_particles", positive_int, 1000, "K of the test-set IWAE in the summary"),
     )
-    guides = ("full-covariance", "diagonal")
-    default_guide = "full-covariance"
+    guides = ("full-rank", "mean-field")
+    default_guide = "full-rank"
     default_elbo = "trace"
     training = Training(steps=2000, lr=0.1, quick_steps=1000, lr_final_factor=0.001)
-    leaderboard = ({"record_every": 20}, {"guide": "diagonal", "record_every": 20})
+    leaderboard = ({"record_every": 20}, {"guide": "mean-field", "record_every": 20})
     dtype = torch.float64
 
     def setup(self, data: Any, **opts: Any) -> None:
@@ -155,7 +155,7 @@ class LinearVAE(ArrayVAE):
     def build_guide(self, name: str) -> AmortizedGuide:
         if name not in self.guides:
             return super().build_guide(name)
-        covariance = "full" if name == "full-covariance" else "diagonal"
+        covariance = "full" if name == "full-rank" else "diagonal"
         self.encoder = LinearGaussianEncoder(
             self.data_dim, self.latent_dim, covariance, input_shift=self.x.mean(0), dtype=self.dtype
         ).to(self.device)
@@ -191,9 +191,9 @@ class LinearVAE(ArrayVAE):
         return float(self.ml["log_likelihood"])
 
     def best_elbo(self, guide_name: str) -> float | None:
-        if guide_name == "full-covariance":
+        if guide_name == "full-rank":
             return self.log_evidence()
-        if guide_name == "diagonal":
+        if guide_name == "mean-field":
             weight, _, var = self.current()
             return self.log_evidence() - self.num_data * diagonal_gap(weight, var)
         return None

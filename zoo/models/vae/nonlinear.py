@@ -63,10 +63,10 @@ class VariationalAutoencoder(ArrayVAE):
         ),
         Option("test_particles", positive_int, 1000, "K of the test-set IWAE in the summary"),
     )
-    guides = ("gaussian", "iaf")
-    default_guide = "gaussian"
+    guides = ("mean-field", "iaf")
+    default_guide = "mean-field"
     default_elbo = "trace"
-    elbo_for_guide = {"gaussian": "meanfield"}
+    elbo_for_guide = {"mean-field": "meanfield"}
     training = Training(
         steps=6000, lr=2e-3, quick_steps=600, lr_final_factor=0.1, particles=1, batch_size=128
     )
