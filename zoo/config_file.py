@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.errors import ZooError, first_line
-from zoo.model import boolean
+from zoo.options import boolean
 
 #: the record of a run's --config file in its run directory
 RUN_CONFIG = "run_config.toml"

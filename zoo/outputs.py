@@ -33,10 +33,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import matplotlib.pyplot as plt
-import numpy as np
-
-from zoo.diagnostics import finite_or_none
 from zoo.errors import ZooError
 from zoo.run_files import CONFIG, LOCK, REPORT
 
@@ -46,6 +42,7 @@ except ImportError:  # pragma: no cover  (not POSIX: no locking)
     fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import torch
 
     from zoo.inference_data import PosteriorDraws
@@ -127,6 +124,10 @@ def save_run(result: FitResult, run_dir: Path) -> Path:
 
     A no-op where :func:`zoo.fit` or :func:`zoo.resume` wrote this very result there already.
     """
+    import matplotlib.pyplot as plt  # here, not at import: the command line's start stays light
+
+    from zoo.diagnostics import finite_or_none
+
     run_dir = Path(run_dir)
     done = getattr(result, "run_dir", None)
     if done is not None and _same_dir(done, run_dir) and (run_dir / REPORT).is_file():
@@ -173,6 +174,8 @@ def _same_dir(a: Path, b: Path) -> bool:
 
 
 def _json_default(obj: Any) -> Any:
+    import numpy as np
+
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):

@@ -2,19 +2,28 @@
 run gets and which read only a run's history, and drawing helpers models share.
 
 Every function returns a :class:`matplotlib.figure.Figure`; :mod:`zoo.outputs` saves them,
-the docs gallery shows them.
+the docs gallery shows them. :mod:`matplotlib.pyplot` is imported when the first figure is
+drawn, not with this module; ``from zoo.plots import plt`` gives it, as to the models' figures.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
     from matplotlib.figure import Figure
+
+
+def __getattr__(name: str) -> Any:
+    """``plt``: :mod:`matplotlib.pyplot`, imported on first use."""
+    if name == "plt":
+        import matplotlib.pyplot as plt
+
+        return plt
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _finite(series: pd.Series) -> bool:
@@ -27,6 +36,8 @@ def elbo_trace(history: pd.DataFrame, title: str, final_gap: float | None = None
     ``final_gap`` (the diagnostics' many-particle gap) goes in the title; without it, the
     last recorded (few-particle) gap does.
     """
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
     ax.plot(history["step"], history["elbo"], label="ELBO", color="C0")
     if "log_evidence" in history and _finite(history["log_evidence"]):
@@ -62,6 +73,8 @@ def _zoom_to_tail(ax, history: pd.DataFrame) -> None:
 
 def elbo_terms(history: pd.DataFrame, title: str) -> Figure:
     """The ELBO split into expected log-likelihood and KL(q || prior)."""
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.6), constrained_layout=True)
     axes[0].plot(history["step"], history["expected_log_likelihood"], color="C2")
     axes[0].set_title("expected log-likelihood  E_q log p(x | z)")

@@ -6,6 +6,11 @@ A thin layer over :func:`zoo.fit`: it parses options, picks a run directory unde
 saves the run and prints its diagnostics. Every user error (unknown model, bad value,
 unreadable data file, a run whose loss became non-finite) is one line on stderr and exit
 status 2, and leaves no report behind.
+
+``--help`` and ``--list`` import no model, nor torch: the models' names, titles and whether
+they have an exact log evidence come from :func:`zoo.registry.catalogue`, and only the model
+named on the command line gets its full sub-parser (its options and choices), which imports
+its package alone. Torch, NumPy and the runner are imported when a run needs them.
 """
 
 from __future__ import annotations
@@ -16,27 +21,23 @@ import math
 import shutil
 import sys
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, NoReturn
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from zoo.config_file import RUN_CONFIG, parser_defaults, read_config_file, to_toml
 from zoo.errors import ZooError, first_line
 from zoo.live_logs import RunFile, RunLogger, TensorBoardLogger, logging_to
 from zoo.memory import memory_guard, out_of_memory
-from zoo.model import (
-    ZooModel,
-    positive_int,
-)
-from zoo.options import available_cpus, thread_count
+from zoo.options import available_cpus, positive_int, thread_count
 from zoo.outputs import RunInterrupted, default_run_dir
-from zoo.registry import get_model, model_names
-from zoo.results import FitResult
+from zoo.registry import catalogue, get_model, model_names
 from zoo.run_files import RESUME_COMMAND
-from zoo.runner import fit, read_checkpoint, read_config, resume
 from zoo.settings import SETTINGS, Setting, iter_flags
+
+if TYPE_CHECKING:  # pragma: no cover
+    from zoo.model import ZooModel
+    from zoo.results import FitResult
 
 #: the command's name in its messages (``elbo-zoo`` when run as the console script)
 PROG = "python -m zoo.run"
@@ -161,7 +162,12 @@ def _add_training_options(parser: argparse.ArgumentParser, cls: type[ZooModel]) 
             )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The command line's parser. Every model is a sub-command; each model in ``only`` (every
+    model by default) gets its full sub-parser, with its options and choices, which imports its
+    module; the others are listed with their titles (:func:`zoo.registry.catalogue`) and
+    import nothing."""
+    full = None if only is None else set(only)
     parser = _Parser(
         prog=PROG,  # read at call time: elbo-zoo as the console script
         description="Train a zoo model with SVI and compare its ELBO with the exact log evidence.",
@@ -181,13 +187,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="<model>|all", parser_class=_Parser)
     every = sub.add_parser("all", help="every model, then a leaderboard")
     _add_run_options(every)
+    entries = catalogue() if full is not None else {}
     for name in model_names():
+        if full is not None and name not in full:
+            sub.add_parser(name, help=entries[name].title)
+            continue
         cls = get_model(name)
         p = sub.add_parser(name, help=cls.title, description=f"{cls.title}. {cls.reference}")
         _add_run_options(p, cls)
         _add_training_options(p, cls)
         _add_file_options(p)
     return parser
+
+
+def _named_models(argv: list[str]) -> set[str]:
+    """The models named on the command line ``argv``: those whose sub-parser is built."""
+    names = set(model_names())
+    return {arg for arg in argv if arg in names}
 
 
 def _model_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
@@ -228,12 +244,12 @@ def _tensorboard(root: Path | None, model: str, run_dir: Path) -> list[RunLogger
 
 
 def _print_list() -> None:
-    rows = [(n, get_model(n)) for n in model_names()]
-    width = max(len(n) for n, _ in rows)
+    rows = catalogue()
+    width = max(len(n) for n in rows)
     print(f"{'model':<{width}}  exact evidence  title")
-    for name, cls in rows:
-        exact = "yes" if cls.has_exact_evidence() else "no"
-        print(f"{name:<{width}}  {exact:<14}  {cls.title}")
+    for name, entry in rows.items():
+        exact = "yes" if entry.exact_evidence else "no"
+        print(f"{name:<{width}}  {exact:<14}  {entry.title}")
 
 
 def _held_out_lines(result: FitResult) -> list[str]:
@@ -334,8 +350,7 @@ def _run_model(args: argparse.Namespace) -> None:
                 "--config does not apply to --resume: the run's config.json fixes its options"
             )
         _refuse_fixed_options(args)
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
+        _set_threads(args.threads)
         data = getattr(args, "data", None)
         _resume(
             args.resume,
@@ -372,6 +387,8 @@ def _fit_model(
     args: argparse.Namespace, cls: type[ZooModel], run_dir: Path, options: dict[str, Any]
 ) -> FitResult:
     """:func:`zoo.fit` with the command line's settings."""
+    from zoo.runner import fit
+
     settings = {s.name: getattr(args, s.name, None) for s in SETTINGS}
     return fit(
         cls.name,
@@ -400,7 +417,8 @@ def _remove_created(created: list[Path]) -> None:
 def _refuse_fixed_options(args: argparse.Namespace) -> None:
     """With --resume the run's config.json fixes the training: an option given is refused,
     not silently ignored (--steps, --data, --threads and --quiet apply)."""
-    defaults = vars(build_parser().parse_args([args.command, "--resume", str(args.resume)]))
+    parser = build_parser(only=[args.command])
+    defaults = vars(parser.parse_args([args.command, "--resume", str(args.resume)]))
     for name, value in vars(args).items():
         if name not in _RESUME_OPTIONS and name in defaults and value != defaults[name]:
             flag = "--" + name.replace("_", "-")
@@ -421,6 +439,8 @@ def _resume(
 ) -> None:
     """Continue the run in ``run_dir`` (of ``model``, when the command named one); its
     ``run_config.toml``, where it has one, goes on with it."""
+    from zoo.runner import read_checkpoint, read_config, resume
+
     config = read_config(run_dir)
     if model is not None and config.model != model:
         raise ZooError(
@@ -455,10 +475,30 @@ def _memory_guard(args: argparse.Namespace) -> contextlib.AbstractContextManager
     return memory_guard() if cpu else contextlib.nullcontext()
 
 
+def _set_threads(threads: int | None) -> None:
+    """--threads: torch's intra-op threads (left as they are without the flag)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _linalg_errors() -> tuple[type[BaseException], ...]:
+    """The linear-algebra errors of torch and NumPy, of those imported (one not imported
+    raised none)."""
+    found = []
+    for module in ("torch", "numpy"):
+        linalg = getattr(sys.modules.get(module), "linalg", None)
+        error = getattr(linalg, "LinAlgError", None)
+        if isinstance(error, type) and issubclass(error, BaseException):
+            found.append(error)
+    return tuple(found)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     warnings.formatwarning = _one_line_warning
-    parser = build_parser()
+    parser = build_parser(only=_named_models(argv))
     args = parser.parse_args(argv)
     try:
         if getattr(args, "config", None) is not None and args.command not in (None, "all"):
@@ -474,8 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "all":
             from zoo.leaderboard import run_all
 
-            if args.threads is not None:
-                torch.set_num_threads(args.threads)
+            _set_threads(args.threads)
             with _memory_guard(args):
                 table = run_all(
                     quick=args.quick,
@@ -497,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     except ZooError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return 2
-    except (torch.linalg.LinAlgError, np.linalg.LinAlgError) as exc:  # exact maths that failed
+    except _linalg_errors() as exc:  # exact maths that failed (torch's or NumPy's)
         sys.stderr.write(
             f"{PROG}: error: a matrix became singular in float64 ({first_line(exc)}): "
             "the options or data are too extreme for the exact computations\n"
