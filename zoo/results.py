@@ -297,7 +297,9 @@ class FitResult:
 
         title = f"{self.model.title} - {self.config.guide} guide, {self.method_label}"
         figures = {
-            "elbo_trace": plots.elbo_trace(self.history, title, self.diagnostics.gap),
+            "elbo_trace": plots.elbo_trace(
+                self.history, title, self.diagnostics.gap, self.diagnostics
+            ),
             "elbo_terms": plots.elbo_terms(self.history, title),
         }
         view = self.view()
