@@ -53,9 +53,7 @@ def name_value(value: Any) -> str:
     return value
 
 
-def one_of(
-    choices: Sequence[str] | Callable[[], Sequence[str]], what: str
-) -> Callable[[Any], str]:
+def one_of(choices: Sequence[str] | Callable[[], Sequence[str]], what: str) -> Callable[[Any], str]:
     """A converter: one of ``choices`` (a sequence, or a function that gives it when first
     needed); ``what`` names them in the converter's name."""
 

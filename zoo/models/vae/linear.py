@@ -39,9 +39,9 @@ from zoo.registry import register
 @register
 class LinearVAE(ArrayVAE):
     """Probabilistic PCA as a VAE: decoder x = W z + mu + eps, eps ~ N(0, sigma^2 I), and a
-    linear Gaussian encoder, ``full-rank`` (a full covariance) or ``mean-field`` (diagonal) (Tipping & Bishop 1999, section 3;
-    Lucas et al. 2019). The evidence, the posterior and the ELBO gap are in closed form
-    (:mod:`zoo.models.vae.ppca`)."""
+    linear Gaussian encoder, ``full-rank`` (a full covariance) or ``mean-field`` (diagonal)
+    (Tipping & Bishop 1999, section 3; Lucas et al. 2019). The evidence, the posterior and the
+    ELBO gap are in closed form (:mod:`zoo.models.vae.ppca`)."""
 
     name = "linear-vae"
     title = "Linear VAE (probabilistic PCA)"
