@@ -10,8 +10,8 @@ a process's peak across fork and exec, so this parent imports nothing heavy: it 
 in a subprocess too, and stays far below every worker.)
 
 With ``backed`` the training mini-batches read their rows from the file and every full pass
-reads ``data_block_size`` cells at a time, so the peak should not grow with the number of cells;
-in memory the CSR matrix is held whole (never densified).
+reads ``data_plate.block_size`` cells at a time, so the peak should not grow with the number of
+cells; in memory the CSR matrix is held whole (never densified).
 
 Usage::
 

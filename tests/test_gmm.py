@@ -399,13 +399,14 @@ def test_blocked_diagnostics_equal_the_whole():
 
     result = _em(steps=10)
     m = result.model
-    assert m.data_block_size is not None and m.eval_chunk_budget >= 2 * m.data_block_size
+    plate = m.data_plate
+    assert plate.block_size is not None and plate.chunk_budget >= 2 * plate.block_size
     whole = result.diagnostics
-    size, m.data_block_size = m.data_block_size, 128  # 500 points: blocks of 128 (3) and 116
+    m.data_plate = plate.with_sizes(block_size=128)  # 500 points: blocks of 128 (3) and 116
     try:
         blocked = evaluate(m, result.guide, num_particles=100, guide_name="exact")
     finally:
-        m.data_block_size = size
+        m.data_plate = plate
     assert blocked.elbo == pytest.approx(whole.elbo, abs=1e-8)
     assert blocked.iwae == pytest.approx(whole.iwae, abs=1e-8)
     assert blocked.log_evidence == whole.log_evidence
@@ -419,9 +420,10 @@ def test_blocks_shrink_as_the_dimension_grows():
     for dim, expected in ((2, 8192), (50, None)):
         m = GaussianMixture(np.random.default_rng(0).normal(size=(300, dim)), components=2)
         pair_bytes = 4 * 8 * (dim * dim + dim + 2)
-        assert RECORD_PARTICLES * m.data_block_size * pair_bytes <= CHUNK_BYTES
-        assert m.data_block_size == expected or m.data_block_size < 8192
-        assert m.eval_chunk_budget >= 2 * m.data_block_size
+        block_size = m.data_plate.block_size
+        assert RECORD_PARTICLES * block_size * pair_bytes <= CHUNK_BYTES
+        assert block_size == expected or block_size < 8192
+        assert m.data_plate.chunk_budget >= 2 * block_size
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "2.5", "1e12", "nan"])

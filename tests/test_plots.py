@@ -77,3 +77,56 @@ def test_a_gap_that_is_rounding_is_drawn_as_zero():
     gap = fig.axes[1]
     assert gap.get_yscale() == "linear" and gap.get_ylim() == pytest.approx((-1.0, 1.0))
     assert any("zero to rounding" in t.get_text() for t in gap.texts)
+
+
+def _row(model, guide, **kw):
+    base = dict(
+        model=model,
+        guide=guide,
+        training="svi/trace",
+        status="ok",
+        n=10,
+        elbo=-100.0,
+        elbo_se=0.05,
+        elbo_exact=None,
+        best_elbo=None,
+        bound=True,
+        log_evidence=None,
+        gap=None,
+        gap_se=None,
+        gap_per_point=None,
+        shortfall=None,
+        iwae=None,
+        iwae_se=None,
+        khat=0.3,
+        khat_unreliable=False,
+        seconds=1.0,
+        error=None,
+    )
+    return {**base, **kw}
+
+
+def test_the_tightness_ladder_orders_each_models_guides_and_says_what_each_bar_is():
+    from zoo.leaderboard import COLUMNS, tightness_ladder
+
+    table = pd.DataFrame(
+        [
+            _row("a", "exact", log_evidence=-1.0, gap=1e-13, gap_se=0.0),
+            _row("a", "mean-field", log_evidence=-1.0, gap=2.0, gap_se=0.1),
+            _row("b", "mean-field", iwae=-99.0, iwae_se=0.05),
+            _row("c", "point-mass", bound=False),
+            _row("c", "gaussian", status="failed"),
+        ],
+        columns=COLUMNS,
+    )
+    ax = tightness_ladder(table).axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[:2] == ["a / mean-field / svi/trace", "a / exact / svi/trace"]
+    bars = ax.patches
+    widths = [b.get_width() for b in bars]
+    assert widths[0] == pytest.approx(0.2) and widths[1] == pytest.approx(1e-9)
+    assert widths[2] == pytest.approx(0.1) and bars[2].get_hatch() == "//"  # IWAE - ELBO
+    whisker = ax.lines[0].get_xdata()
+    assert whisker == pytest.approx([0.2 - 2 * 0.01, 0.2 + 2 * 0.01])
+    notes = {t.get_text().strip() for t in ax.texts}
+    assert notes == {"not a bound (point mass)", "run failed"}

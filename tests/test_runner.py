@@ -14,7 +14,7 @@ import torch
 import zoo
 from zoo import runner
 from zoo.errors import NonFiniteLossError, ZooError
-from zoo.model import Training, ZooModel
+from zoo.model import DataPlate, Training, ZooModel
 
 
 def _fit(**kw):
@@ -170,8 +170,7 @@ class _LocalMeans(ZooModel):
     reference = "none"
     guides = ("mean-field",)
     training = Training(steps=1000, lr=0.1, particles=8, lr_final_factor=0.01)
-    data_plate = "data"
-    data_block_size = 64
+    data_plate = DataPlate("data", block_size=64)
 
     def setup(self, data, **options):
         self.x = torch.as_tensor(np.random.default_rng(0).normal(0.0, 2.0**0.5, 250))
@@ -236,7 +235,7 @@ def test_blocked_diagnostics_against_the_exact_evidence():
     # seeds 0-2; the IWAE with K = 400 is within 0.035 of log p(x) (SE 0.02)
     assert d.gap < 0.2
     assert abs(d.log_evidence - d.iwae) < 4 * d.iwae_se
-    model.data_block_size = None
+    model.data_plate = model.data_plate.with_sizes(block_size=None)
     whole = evaluate(model, result.guide, num_particles=400)
     assert abs(whole.elbo - d.elbo) < 4 * math.hypot(whole.elbo_se, d.elbo_se)
     assert abs(whole.iwae - d.iwae) < 4 * math.hypot(whole.iwae_se, d.iwae_se)
@@ -245,3 +244,14 @@ def test_blocked_diagnostics_against_the_exact_evidence():
 def test_blocks_need_ratios_that_factorise():
     with pytest.raises(ZooError, match="do not factorise over the data plate"):
         zoo.fit(_GlobalMean(), steps=2, progress=False, eval_particles=50)
+
+
+def test_a_notebook_shows_the_report_as_a_table():
+    result = _fit(steps=20, elbo="trace", eval_particles=100)
+    page = result._repr_html_()
+    d = result.diagnostics
+    assert page.count("<tr>") == len(d.rows()) + 1 + 1 + (1 if math.isfinite(d.khat) else 0)
+    for _, value, _ in d.rows():
+        assert f"{value:.4f}" in page and f"{value / d.num_data:.5f}" in page
+    assert "exact log evidence" in page and "gap log p(x) - ELBO" in page
+    assert repr(result).startswith(f"FitResult({result.model.name!r}, guide=")

@@ -613,7 +613,8 @@ def test_backed_training_reads_batches_from_disk(tmp_path, monkeypatch):
     m = _counts(300, 20, density=0.5)
     path = write_h5ad(tmp_path / "b.h5ad", m, obs={"cell_type": ["a", "b", "c"] * 100})
     model = SingleCellVI(str(path), backed=True, latent_dim=2, hidden=8, test_particles=30)
-    model.data_block_size = 100  # 270 training cells: blocks of 100, 100, 70
+    # 270 training cells: blocks of 100, 100, 70
+    model.data_plate = model.data_plate.with_sizes(block_size=100)
     assert model.source.backed and model._dense is None
 
     read_all = SingleCellVI._read_all
@@ -671,7 +672,7 @@ def test_blocked_passes_equal_whole_ones(pbmc_fit):
         "collapse": model.collapse(guide).kl_per_dim,
         "diagnostics": evaluate(model, guide, num_particles=500, with_khat=False),
     }
-    model.data_block_size = 200
+    model.data_plate = model.data_plate.with_sizes(block_size=200)
     try:
         blocked = {
             "genes": model.gene_statistics(),
@@ -680,7 +681,7 @@ def test_blocked_passes_equal_whole_ones(pbmc_fit):
             "diagnostics": evaluate(model, guide, num_particles=500, with_khat=False),
         }
     finally:
-        del model.data_block_size  # back to the class's value
+        del model.data_plate  # back to the class's value
     # the real cells' statistics, accumulated block by block (the generated cells differ: each
     # block draws its own)
     for key in ("mean", "variance", "zero_fraction"):

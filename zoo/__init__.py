@@ -20,6 +20,7 @@ import importlib.util
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover  (the names as type checkers and editors see them)
+    from zoo.data_plate import DataPlate
     from zoo.diagnostics import Diagnostics, evaluate
     from zoo.errors import DataError, NonFiniteLossError, ZooError
     from zoo.inference_data import SavedRun, load
@@ -31,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover  (the names as type checkers and editors s
 #: each public name's module
 _SOURCES = {
     "DataError": "zoo.errors",
+    "DataPlate": "zoo.data_plate",
     "Diagnostics": "zoo.diagnostics",
     "FitResult": "zoo.results",
     "NonFiniteLossError": "zoo.errors",
@@ -51,6 +53,7 @@ _SOURCES = {
 
 __all__ = [
     "DataError",
+    "DataPlate",
     "Diagnostics",
     "FitResult",
     "NonFiniteLossError",

@@ -8,8 +8,10 @@ model, the guide and the clause it breaks:
 1. the declaration: a kebab-case ``name``, a ``title``, an ``application`` (one of
    :data:`zoo.applications.APPLICATIONS`) and a ``reference``; its ``default_guide`` among
    its ``guides``, its ``default_method`` one it has, its ``estimators`` known, its options'
-   defaults accepted by their own converters;
-2. it builds with its :attr:`~zoo.model.ZooModel.smoke_options` and has data (``num_data >= 1``);
+   defaults accepted by their own converters, its ``data_plate`` a
+   :class:`~zoo.data_plate.DataPlate` or None;
+2. it builds with its :attr:`~zoo.model.ZooModel.smoke_options` and has data (``num_data >= 1``;
+   its ``data_plate``, as ``setup`` left it, still a :class:`~zoo.data_plate.DataPlate` or None);
 3. model and guide broadcast over a leading particle dimension: vectorized particles score as
    the same particles one at a time (:func:`zoo.particles.check_broadcast`);
 4. the ELBO at initialisation is at most the exact log evidence, where the model knows it, up
@@ -32,6 +34,7 @@ import torch
 from guides import VOCABULARY
 from zoo.applications import APPLICATIONS
 from zoo.data_blocks import on_block
+from zoo.data_plate import DataPlate
 from zoo.diagnostics import evaluate, finite_or_none
 from zoo.errors import ZooError, first_line
 from zoo.estimators import ESTIMATORS, prepare_guide
@@ -95,6 +98,14 @@ def check_declaration(cls: type[ZooModel]) -> None:
     unknown = set(cls.smoke_options) - {opt.name for opt in cls.options}
     if unknown:
         raise _fail(where, f"smoke_options name no option: {sorted(unknown)}")
+    _check_data_plate(where, cls.data_plate)
+
+
+def _check_data_plate(where: str, plate: Any) -> None:
+    if plate is None or isinstance(plate, DataPlate):
+        return
+    hint = f": declare data_plate = DataPlate({plate!r})" if isinstance(plate, str) else ""
+    raise _fail(where, f"data_plate is {plate!r}, not a zoo.data_plate.DataPlate or None{hint}")
 
 
 def build(name: str | type[ZooModel], **options: Any) -> ZooModel:
@@ -103,6 +114,7 @@ def build(name: str | type[ZooModel], **options: Any) -> ZooModel:
     model = cls(**{**cls.smoke_options, **options})
     if not (isinstance(model.num_data, int) and model.num_data >= 1):
         raise _fail(f"model {cls.name!r}", f"num_data is {model.num_data!r}, not a count >= 1")
+    _check_data_plate(f"model {cls.name!r}", model.data_plate)
     return model
 
 

@@ -3,10 +3,10 @@
 When every latent of a model lives in its data plate (one z per data point, as in an amortized
 autoencoder), the points are independent given the parameters: the log densities of a point
 depend on that point alone, and any total over the data (the ELBO of each particle, the per-point
-importance weights) is the sum of its totals over blocks of points. A model opts in by setting
-:attr:`ZooModel.data_block_size`; the runner and the diagnostics then trace it on one block of
-consecutive points at a time, so a data set read from disk (a backed ``.h5ad``) is never held in
-memory at once.
+importance weights) is the sum of its totals over blocks of points. A model opts in by giving
+its :class:`~zoo.data_plate.DataPlate` a ``block_size``; the runner and the diagnostics then
+trace it on one block of consecutive points at a time, so a data set read from disk (a backed
+``.h5ad``) is never held in memory at once.
 
 A block is given to the model through Pyro's own subsampling: the data plate's subsample site
 receives the block's indices (as a mini-batch would receive random ones) and the plate's
@@ -50,10 +50,11 @@ def index_blocks(n: int, size: int, device: torch.device | str = "cpu") -> list[
 
 def data_blocks(zoo_model: ZooModel) -> list[torch.Tensor | None]:
     """Index blocks covering the data plate, in order; ``[None]`` (all the data at once) for a
-    model that does not set ``data_block_size`` or whose data fit in one block."""
-    size = zoo_model.data_block_size
+    model whose data plate sets no ``block_size`` or whose data fit in one block."""
+    plate = zoo_model.data_plate
+    size = None if plate is None else plate.block_size
     n = zoo_model.num_data
-    if size is None or zoo_model.data_plate is None or n <= size:
+    if size is None or n <= size:
         return [None]
     return index_blocks(n, size, zoo_model.device)
 
@@ -72,7 +73,7 @@ def on_block(
     def block() -> Any:
         # the plate scales log densities by num_data / size; this undoes it
         with (
-            _PlateIndices(zoo_model.data_plate, indices),
+            _PlateIndices(zoo_model.data_plate.name, indices),
             poutine.scale(scale=size / zoo_model.num_data),
         ):
             return fn(subsample_size=size)

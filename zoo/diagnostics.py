@@ -117,6 +117,48 @@ class Diagnostics:
         """How far the ELBO is below the best the guide family can reach (>= 0)."""
         return None if self.best_elbo is None else self.best_elbo - self.headline_elbo
 
+    def rows(self) -> list[tuple[str, float, float | None]]:
+        """The report's figures in order, as (label, total, standard error or None): every
+        report (the command line's summary, a notebook's table) reads them from here, so a
+        label means the same figure everywhere. Figures the run does not have are left out."""
+        out: list[tuple[str, float | None, float | None]] = []
+        if self.exact_elbo is not None:
+            out.append(("ELBO (closed form)", self.exact_elbo, None))
+            out.append((f"ELBO (Monte Carlo, S={self.num_particles})", self.elbo, self.elbo_se))
+        else:
+            label = "ELBO" if self.elbo_is_bound else "objective log p(x, z*)"
+            out.append((label, self.elbo, self.elbo_se))
+        out.append(("exact log evidence", self.log_evidence, None))
+        out.append(("gap log p(x) - ELBO", self.gap, self.gap_se))
+        out.append(("best ELBO of the family", self.best_elbo, None))
+        out.append((self.max_log_evidence_label, self.max_log_evidence, None))
+        out.append(("shortfall from it", self.shortfall, None))
+        if math.isfinite(self.iwae):
+            out.append((f"IWAE ({self.iwae_scope})", self.iwae, self.iwae_se))
+        ell = ("expected log-likelihood", self.expected_log_likelihood)
+        out.append((*ell, self.expected_log_likelihood_se))
+        if self.elbo_is_bound:
+            out.append((f"KL(q || prior) [{self.kl_method}]", self.kl, None))
+        else:  # the KL of a point mass to a density is infinite: say what the number is
+            out.append(("-log p(z*) (not a KL)", self.kl, None))
+        return [(label, v, se) for label, v, se in out if v is not None]
+
+    def notes(self) -> list[str]:
+        """What a reader must know to read the figures: a point mass's objective is not a
+        bound; an unreliable k-hat makes the IWAE untrustworthy."""
+        out = []
+        if not self.elbo_is_bound:
+            out.append(
+                "note: a point-mass guide; its objective log p(x, z*) drops the entropy of q and"
+                " is not a lower bound on log p(x)"
+            )
+        if self.khat_unreliable:
+            out.append(
+                f"warning: k-hat {self.khat:.2f} > {self.khat_threshold:.2f}: importance "
+                "sampling with this guide is unreliable; do not trust the IWAE or its SE"
+            )
+        return out
+
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["gap"] = self.gap
@@ -285,7 +327,7 @@ def _evaluate_chunk(
     plate = zoo_model.data_plate
     if plate is not None:
         size = zoo_model.num_data if block is None else len(block)
-        point_log_w = _point_log_weights(plate, size, model_trace, guide_trace, num, mpn)
+        point_log_w = _point_log_weights(plate.name, size, model_trace, guide_trace, num, mpn)
     unpaired = q_sites.keys() ^ p_sites.keys()
     return _Chunk(
         log_w, ell, kl_total, kl_by_site, analytic, unpaired, _is_bound(q_sites), point_log_w
@@ -372,7 +414,8 @@ def _evaluate_block(
     zoo_model: ZooModel, guide: Callable, num_particles: int, block: torch.Tensor | None, *, khat
 ) -> _Block:
     size = zoo_model.num_data if block is None else len(block)
-    budget = zoo_model.eval_chunk_budget or _CHUNK_BUDGET
+    plate = zoo_model.data_plate
+    budget = (plate.chunk_budget if plate is not None else None) or _CHUNK_BUDGET
     per_chunk = max(2, min(num_particles, budget // max(size, 1)))
     chunks: list[_Chunk] = []
     remaining = num_particles
@@ -415,8 +458,9 @@ def _blocks(
     ]
     if len(blocks) > 1 and not all(b.factorises for b in blocks):
         raise ZooError(
-            f"model {zoo_model.name!r} sets data_block_size, but its log ratios do not factorise "
-            "over the data plate (a latent or an observation outside it): evaluate it whole"
+            f"model {zoo_model.name!r} gives its data plate a block_size, but its log ratios "
+            "do not factorise over the data plate (a latent or an observation outside it): "
+            "evaluate it whole"
         )
     return blocks
 
@@ -432,9 +476,9 @@ def evaluate(
 ) -> Diagnostics:
     """Diagnose ``guide`` against ``zoo_model`` at the current parameters (full data).
 
-    Models that set ``data_block_size`` are evaluated a block of points at a time; the ratios
-    then factorise over the points, so each particle's totals are sums over blocks, and the
-    per-point IWAE and k-hat are computed within each block.
+    Models whose data plate has a ``block_size`` are evaluated a block of points at a time; the
+    ratios then factorise over the points, so each particle's totals are sums over blocks, and
+    the per-point IWAE and k-hat are computed within each block.
     """
     if num_particles < 2:
         raise ValueError("the diagnostics need at least 2 particles")

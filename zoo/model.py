@@ -45,9 +45,10 @@ Optional: where the model has the maths or the data for it
 - estimators: ``estimators`` (the ``--elbo`` choices), ``default_elbo`` and
   ``elbo_for_guide``; ``importance_weights = False`` where the per-particle log ratios are not
   importance weights (no IWAE, no k-hat);
-- mini-batching: ``data_plate`` (the plate of per-point latents), :meth:`create_plates` (for
-  autoguides), ``data_block_size`` and ``eval_chunk_budget`` (passes over all the data a block
-  at a time: :mod:`zoo.data_blocks`); ``max_plate_nesting``;
+- mini-batching: ``data_plate``, a :class:`~zoo.data_plate.DataPlate` (the plate of per-point
+  latents: its name, and the block size and chunk budget of passes over all the data a block
+  at a time: :mod:`zoo.data_blocks`), :meth:`create_plates` (for autoguides);
+  ``max_plate_nesting``;
 - schedules: :meth:`on_step` (an annealed temperature follows the run);
 - ArviZ: ``save_posterior_draws`` with ``arviz_dims`` and :meth:`arviz_coords`, where the
   latent is a parameter vector (:mod:`zoo.inference_data`);
@@ -65,6 +66,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
+from zoo.data_plate import DataPlate
 from zoo.errors import ZooError, first_line
 from zoo.options import (  # noqa: F401  (the option types, importable from here as before)
     SEED_LIMIT,
@@ -128,16 +130,13 @@ class ZooModel:
     #: settings for particular guides, e.g. ``{"exact": Training(steps=200)}``
     training_for_guide: ClassVar[dict[str, Training]] = {}
     max_plate_nesting: ClassVar[int] = 1
-    #: name of the plate over data points, when each point has latents of its own (local
-    #: latents); the diagnostics then give per-point importance weights
-    data_plate: ClassVar[str | None] = None
-    #: (particle, data point) pairs per chunk of the diagnostics; None for the default. Lower it
-    #: where one pair costs a network pass (an amortized decoder) rather than a few numbers
-    eval_chunk_budget: ClassVar[int | None] = None
-    #: data points per block when the runner and diagnostics pass over all the data (the
-    #: initial trace, history records, final diagnostics); None: all at once. Only for models
-    #: whose latents all live in the data plate (see :mod:`zoo.data_blocks`)
-    data_block_size: ClassVar[int | None] = None
+    #: the plate over data points, when each point has latents of its own (local latents): its
+    #: name (mini-batches, per-point importance weights in the diagnostics), the data points per
+    #: block of a pass over all the data and the (particle, point) pairs per chunk of the
+    #: diagnostics (:class:`~zoo.data_plate.DataPlate`); None where every latent is global. A
+    #: model that sizes its passes per instance sets ``self.data_plate`` in :meth:`setup`
+    #: (:meth:`DataPlate.with_sizes <zoo.data_plate.DataPlate.with_sizes>`)
+    data_plate: ClassVar[DataPlate | None] = None
     #: False where the per-particle log ratio log p(x, z) - log q(z) is an unbiased estimate of
     #: the ELBO but not an importance weight (a Rao-Blackwellised bound that scores one random
     #: term per particle): the diagnostics then report no IWAE and no k-hat

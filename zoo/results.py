@@ -6,6 +6,7 @@ it and never re-run anything.
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -232,6 +233,48 @@ class FitResult:
     #: where :func:`zoo.fit` or :func:`zoo.resume` wrote this run whole (None: nowhere)
     run_dir: Path | None = None
 
+    def __repr__(self) -> str:
+        d = self.diagnostics
+        gap = "" if d.gap is None else f", gap={d.gap:.4g}"
+        return (
+            f"FitResult({self.model.name!r}, guide={self.config.guide!r}, "
+            f"{self.method_label}, elbo={d.headline_elbo:.6g}{gap})"
+        )
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: the report's figures (ELBO, exact evidence, gap...) as a table,
+        totals and per data point, with their standard errors and the report's notes."""
+        d = self.diagnostics
+        n = d.num_data
+
+        def cell(value: float, digits: int = 4) -> str:
+            return f"<td style='text-align:right'>{value:.{digits}f}</td>"
+
+        rows = []
+        for label, value, se in d.rows():
+            err = f"{se:.2g}" if se is not None and math.isfinite(se) and se > 0 else ""
+            rows.append(
+                f"<tr><td>{html.escape(label)}</td>{cell(value)}"
+                f"<td style='text-align:right'>{err}</td>{cell(value / n, 5)}</tr>"
+            )
+        if math.isfinite(d.khat):
+            label = html.escape(f"PSIS k-hat ({d.khat_scope})")
+            rows.append(f"<tr><td>{label}</td>{cell(d.khat, 3)}<td></td><td></td></tr>")
+        rows.append(f"<tr><td>seconds</td>{cell(self.seconds, 2)}<td></td><td></td></tr>")
+        notes = "".join(f"<p><em>{html.escape(note)}</em></p>" for note in d.notes())
+        title = html.escape(
+            f"{self.model.title}: {self.config.guide} guide, {self.method_label} "
+            f"({n} data points, {self.config.steps} steps, seed {self.config.seed})"
+        )
+        where = (
+            "" if self.run_dir is None else f"<p>outputs in {html.escape(str(self.run_dir))}</p>"
+        )
+        return (
+            f"<div><strong>{title}</strong>{notes}<table>"
+            "<thead><tr><th></th><th>nats</th><th>± (MC)</th><th>per point</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>{where}</div>"
+        )
+
     def activate(self) -> None:
         """Load this run's fitted parameters into Pyro's (global) param store."""
         params = {k: v.clone().requires_grad_(True) for k, v in self.param_state["params"].items()}
@@ -269,9 +312,11 @@ class FitResult:
             "log_evidence": d.log_evidence,
             "bound": d.elbo_is_bound,
             "gap": d.gap,
+            "gap_se": d.gap_se,
             "gap_per_point": None if d.gap is None else d.gap / d.num_data,
             "shortfall": d.shortfall,
             "iwae": d.iwae,
+            "iwae_se": d.iwae_se,
             "khat": d.khat,
             "khat_unreliable": d.khat_unreliable,
             "seconds": self.seconds,

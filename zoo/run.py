@@ -287,42 +287,15 @@ def format_result(result: FitResult, run_dir: Path | None = None) -> str:
     n = d.num_data
     lines = [f"{result.model.title}: {result.config.guide} guide, {result.method_label}"]
 
-    def row(label: str, value: float | None, se: float | None = None) -> None:
-        if value is None:
-            return
+    lines.extend(_held_out_lines(result))
+    notes = d.notes()
+    lines.extend(f"  {note}" for note in notes if note.startswith("note"))
+    for label, value, se in d.rows():
         err = f" ± {se:.2g}" if se is not None and math.isfinite(se) and se > 0 else ""
         lines.append(f"  {label:<28}{value:>14.4f}{err:<10}  ({value / n:.5f} per point)")
-
-    lines.extend(_held_out_lines(result))
-    if not d.elbo_is_bound:
-        lines.append(
-            "  note: a point-mass guide; its objective log p(x, z*) drops the entropy of q and is"
-            " not a lower bound on log p(x)"
-        )
-    if d.exact_elbo is not None:
-        row("ELBO (closed form)", d.exact_elbo)
-        row(f"ELBO (Monte Carlo, S={d.num_particles})", d.elbo, d.elbo_se)
-    else:
-        row("ELBO" if d.elbo_is_bound else "objective log p(x, z*)", d.elbo, d.elbo_se)
-    row("exact log evidence", d.log_evidence)
-    row("gap log p(x) - ELBO", d.gap, d.gap_se)
-    row("best ELBO of the family", d.best_elbo)
-    row(d.max_log_evidence_label, d.max_log_evidence)
-    row("shortfall from it", d.shortfall)
-    if math.isfinite(d.iwae):
-        row(f"IWAE ({d.iwae_scope})", d.iwae, d.iwae_se)
-    row("expected log-likelihood", d.expected_log_likelihood, d.expected_log_likelihood_se)
-    if d.elbo_is_bound:
-        row(f"KL(q || prior) [{d.kl_method}]", d.kl)
-    else:  # the KL of a point mass to a density is infinite: say what the number is
-        row("-log p(z*) (not a KL)", d.kl)
     if not math.isnan(d.khat):
         lines.append(f"  {'PSIS k-hat (' + d.khat_scope + ')':<28}{d.khat:>14.3f}")
-    if d.khat_unreliable:
-        lines.append(
-            f"  warning: k-hat {d.khat:.2f} > {d.khat_threshold:.2f}: importance sampling with "
-            "this guide is unreliable; do not trust the IWAE or its SE"
-        )
+    lines.extend(f"  {note}" for note in notes if note.startswith("warning"))
     lines.append(f"  {'seconds':<28}{result.seconds:>14.2f}")
     if run_dir is not None:
         lines.append(f"  outputs in {run_dir}")

@@ -8,8 +8,8 @@ where it has one, then hands the result to the diagnostics. It knows nothing mod
   same numbers);
 - ``Trace_ELBO`` with vectorized particles unless the model or the user names another estimator;
 - mini-batches through the model's subsampled data plate (``subsample_size``), and every pass
-  over all the data a block of points at a time where the model sets ``data_block_size``
-  (:mod:`zoo.data_blocks`);
+  over all the data a block of points at a time where the model's data plate has a
+  ``block_size`` (:mod:`zoo.data_blocks`);
 - the model's closed-form local step (CAVI for the factors of local latents) after every SVI
   step, where it has one for the guide (:meth:`ZooModel.local_step`);
 - Adam with gradient clipping and an exponential learning-rate decay (``lr_final_factor``);
@@ -71,6 +71,7 @@ from zoo.stored_runs import (
     read_config,
     resume_data,
 )
+from zoo.subsample import FastSubsample
 
 
 @with_settings
@@ -414,6 +415,9 @@ class _Trainer:
                 cfg.elbo, particles=cfg.particles, max_plate_nesting=self.model.max_plate_nesting
             )
             train_model, train_guide = self.model.model, prepare_guide(cfg.elbo, guide)
+            if cfg.batch_size is not None:  # mini-batches in O(batch), not randperm(N)
+                train_model = FastSubsample()(train_model)
+                train_guide = FastSubsample()(train_guide)
             if cfg.kl_warmup:
                 train_model = self.latent_scale(train_model)
                 train_guide = self.latent_scale(train_guide)

@@ -69,8 +69,8 @@ figures = result.figures()
 # A diagonal encoder and a rotated W
 # ----------------------------------
 # Start the decoder at the maximum-likelihood W rotated by a random rotation R (the evidence
-# does not change: W R Rᵀ Wᵀ = W Wᵀ), hold it there, and train a ``mean-field`` (diagonal) encoder. Its
-# best ELBO is below the evidence by ½(Σᵢ log Λᵢᵢ − log|Λ|) per image, Λ the posterior
+# does not change: W R Rᵀ Wᵀ = W Wᵀ), hold it there, and train a ``mean-field`` (diagonal)
+# encoder. Its best ELBO is below the evidence by ½(Σᵢ log Λᵢᵢ − log|Λ|) per image, Λ the posterior
 # precision, and that is where it stops.
 frozen = zoo.fit(
     "linear-vae",

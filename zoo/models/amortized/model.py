@@ -29,7 +29,7 @@ import torch
 
 from zoo.diagnostics import Diagnostics, evaluate
 from zoo.errors import DataError
-from zoo.model import ZooModel
+from zoo.model import DataPlate, ZooModel
 
 if TYPE_CHECKING:  # pragma: no cover
     from guides.amortized import AmortizedGuide
@@ -63,7 +63,7 @@ class AmortizedModel(ZooModel):
     ``encoder_input``; :meth:`data_bound` drops what they cache of the data.
     """
 
-    data_plate: ClassVar[str] = "data"
+    data_plate: ClassVar[DataPlate] = DataPlate("data")
     max_plate_nesting: ClassVar[int] = 1
     dtype: torch.dtype = torch.float32
 
@@ -101,7 +101,9 @@ class AmortizedModel(ZooModel):
 
     # -- the data plate ---------------------------------------------------------------------------
     def plate(self, subsample_size: int | None = None) -> pyro.plate:
-        return pyro.plate(self.data_plate, self.num_data, subsample_size=subsample_size, dim=-1)
+        return pyro.plate(
+            self.data_plate.name, self.num_data, subsample_size=subsample_size, dim=-1
+        )
 
     def create_plates(self, subsample_size: int | None = None) -> pyro.plate:
         return self.plate(subsample_size)

@@ -90,6 +90,7 @@ from zoo.data import as_float_array, read_numeric_table
 from zoo.diagnostics import log_mean_exp, mean_with_se
 from zoo.errors import DataError
 from zoo.model import (
+    DataPlate,
     Option,
     Training,
     ZooModel,
@@ -198,7 +199,7 @@ class Diffusion(ZooModel):
     training = Training(
         steps=8000, lr=3e-3, quick_steps=200, lr_final_factor=0.01, particles=1, batch_size=512
     )
-    data_plate = "data"
+    data_plate = DataPlate("data")
 
     # -- data ---------------------------------------------------------------------------------
     def setup(self, data: Any, **opts: Any) -> None:
@@ -266,8 +267,8 @@ class Diffusion(ZooModel):
         }
         self._net: MLPDenoiser | None = None
         # a (particle, point) pair costs two network passes (mc: T + 1): smaller diagnostics chunks
-        self.eval_chunk_budget = max(
-            1_000, 250_000 // (self.num_steps if self.objective == "mc" else 1)
+        self.data_plate = type(self).data_plate.with_sizes(
+            chunk_budget=max(1_000, 250_000 // (self.num_steps if self.objective == "mc" else 1))
         )
 
     @property

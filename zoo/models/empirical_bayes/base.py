@@ -73,7 +73,7 @@ class EmpiricalBayesBase(ZooModel):
 
     # -- guides ------------------------------------------------------------------------------------
     def create_plates(self, subsample_size: int | None = None) -> pyro.plate:
-        return pyro.plate(self.data_plate, self.num_data, subsample_size=subsample_size)
+        return pyro.plate(self.data_plate.name, self.num_data, subsample_size=subsample_size)
 
     def exact_guide(self, subsample_size: int | None = None) -> None:
         """q(z) = p(z | y, theta): every draw's log weight is log p(y | theta)."""

@@ -20,6 +20,7 @@ import torch
 from pyro.distributions import constraints
 
 from zoo.errors import DataError
+from zoo.model import DataPlate
 from zoo.models.empirical_bayes import figures
 from zoo.models.empirical_bayes.base import EmpiricalBayesBase
 from zoo.models.empirical_bayes.data import AT_BATS, BASEBALL
@@ -55,7 +56,7 @@ class BaseballEmpiricalBayes(EmpiricalBayesBase):
         Option("init_mean", open_fraction, 0.5, "initial prior mean a / (a + b)"),
         Option("init_concentration", positive_float, 2.0, "initial prior concentration a + b"),
     )
-    data_plate = "players"
+    data_plate = DataPlate("players")
     latent = "p"
     arviz_dims = {"p": ("player",), "hits": ("player",)}
 

@@ -19,6 +19,7 @@ import torch
 from pyro.distributions import constraints
 
 from zoo.errors import DataError
+from zoo.model import DataPlate
 from zoo.models.empirical_bayes import figures
 from zoo.models.empirical_bayes.base import EmpiricalBayesBase
 from zoo.models.empirical_bayes.data import EIGHT_SCHOOLS
@@ -49,7 +50,7 @@ class EightSchools(EmpiricalBayesBase):
             "init_tau", positive_float, 10.0, "initial prior sd tau (10: about the sd of the y_j)"
         ),
     )
-    data_plate = "schools"
+    data_plate = DataPlate("schools")
     latent = "theta"
     arviz_dims = {"theta": ("school",), "y": ("school",)}
 

@@ -36,7 +36,7 @@ from pyro.infer.autoguide import AutoDelta, AutoNormal, init_to_value
 from zoo.data import as_float_array, read_numeric_table
 from zoo.errors import DataError
 from zoo.gaussian import log_normal
-from zoo.model import Training, ZooModel
+from zoo.model import DataPlate, Training, ZooModel
 from zoo.models.free_energy import figures
 from zoo.models.free_energy.maths import (
     EXERCISE_1,
@@ -178,7 +178,7 @@ class FreeEnergyLearning(ZooModel):
     # Sigma_u is weakly identified (the ELBO is flat along it): a large step size decayed
     # 100-fold; measured at the defaults: ln p(u | theta) 0.1 nats below its maximum
     training = Training(steps=2000, lr=0.1, lr_final_factor=0.01, quick_steps=400, particles=8)
-    data_plate = "data"
+    data_plate = DataPlate("data")
     leaderboard = ({"guide": "gaussian"}, {"guide": "point-mass"})
 
     def setup(self, data: Any, **opts: Any) -> None:

@@ -31,7 +31,7 @@ from pyro.infer.autoguide import AutoNormal
 from zoo.data import as_float_array, read_numeric_table
 from zoo.errors import DataError, ZooError
 from zoo.gaussian import gaussian_kl, gaussian_log_density, mean_field_gap
-from zoo.model import Training, ZooModel
+from zoo.model import DataPlate, Training, ZooModel
 from zoo.models.free_energy import figures
 from zoo.models.free_energy.hierarchy import (
     hierarchy_covariance,
@@ -72,7 +72,7 @@ class PredictiveCoding(ZooModel):
     # in closed form (AutoNormal's sites are Deltas behind auxiliary draws: nothing to gain)
     training = Training(steps=1000, lr=0.1, lr_final_factor=0.001, quick_steps=300, particles=8)
     elbo_for_guide = {"full-rank": "meanfield"}
-    data_plate = "data"
+    data_plate = DataPlate("data")
     leaderboard = ({"guide": "mean-field"}, {"guide": "full-rank"})
 
     def setup(self, data: Any, **opts: Any) -> None:

@@ -32,10 +32,10 @@ has no M-step to regularise, refuses parameters with a collapsed component befor
 Many points
 -----------
 The labels z_n are the only latents and live in the data plate, so the runner and the
-diagnostics pass over the data a block of points at a time (``data_block_size``, smaller in
-many dimensions) with particle chunks sized to the D x D factor the model gathers per
-(particle, point) pair (``eval_chunk_budget``): memory does not grow with the number of points
-beyond the data themselves and the (N, K) responsibilities of an EM step.
+diagnostics pass over the data a block of points at a time (``data_plate.block_size``, smaller
+in many dimensions) with particle chunks sized to the D x D factor the model gathers per
+(particle, point) pair (``data_plate.chunk_budget``): memory does not grow with the number of
+points beyond the data themselves and the (N, K) responsibilities of an EM step.
 """
 
 from __future__ import annotations
@@ -52,7 +52,15 @@ from pyro.distributions import constraints
 
 from zoo.data import read_numeric_table
 from zoo.errors import DataError
-from zoo.model import Option, Training, ZooModel, at_least, positive_int, seed_value
+from zoo.model import (
+    DataPlate,
+    Option,
+    Training,
+    ZooModel,
+    at_least,
+    positive_int,
+    seed_value,
+)
 from zoo.models.gmm.em import (
     SINGULAR_VARIANCE,
     CollapsedComponentError,
@@ -166,11 +174,10 @@ class GaussianMixture(ZooModel):
     training = Training(
         steps=1500, lr=0.05, lr_final_factor=0.05, quick_steps=300, closed_form_steps=200
     )
-    data_plate = "data"
     #: every pass over all the points (records, diagnostics) goes a block at a time (the labels
     #: z_n are the only latents and live in the data plate); fewer points per block in many
     #: dimensions, see :meth:`setup`
-    data_block_size = 8192
+    data_plate = DataPlate("data", block_size=8192)
     closed_form_name = "EM"
     leaderboard = ({"method": "closed-form"}, {"elbo": "trace"}, {"elbo": "enum"})
 
@@ -223,8 +230,11 @@ class GaussianMixture(ZooModel):
         # particles, stay within CHUNK_BYTES
         pair_bytes = 4 * 8 * (self.dim * self.dim + self.dim + k)
         block = CHUNK_BYTES // (RECORD_PARTICLES * pair_bytes)
-        self.data_block_size = int(min(type(self).data_block_size, max(64, block)))
-        self.eval_chunk_budget = max(2 * self.data_block_size, CHUNK_BYTES // pair_bytes)
+        block_size = int(min(type(self).data_plate.block_size, max(64, block)))
+        self.data_plate = type(self).data_plate.with_sizes(
+            block_size=block_size,
+            chunk_budget=max(2 * block_size, CHUNK_BYTES // pair_bytes),
+        )
         self.restarts: Restarts | None = None
 
     def start_seed(self) -> int:

@@ -41,7 +41,15 @@ from pyro import poutine
 from pyro.distributions import constraints
 
 from zoo.errors import DataError, ZooError
-from zoo.model import Option, Training, ZooModel, at_least, positive_int, seed_value
+from zoo.model import (
+    DataPlate,
+    Option,
+    Training,
+    ZooModel,
+    at_least,
+    positive_int,
+    seed_value,
+)
 from zoo.models.lda import cavi, exact
 from zoo.models.lda.corpus import (
     Corpus,
@@ -151,7 +159,7 @@ class LatentDirichletAllocation(ZooModel):
     #: the contract's and the command-line smoke tests' run: 20 short documents, two starts
     smoke_options = {"num_docs": 20, "doc_length": 6, "n_init": 2}
     max_plate_nesting = 2
-    data_plate = "documents"
+    data_plate = DataPlate("documents")
     leaderboard = ({"method": "closed-form"}, {"method": "svi"})
 
     # -- data ---------------------------------------------------------------------------------
@@ -193,7 +201,9 @@ class LatentDirichletAllocation(ZooModel):
         self._evidence: tuple[torch.Tensor, np.ndarray] | None = None
         vocab = len(corpus.vocabulary)
         pair_bytes = 4 * 8 * corpus.max_length * (vocab + k)
-        self.eval_chunk_budget = max(2 * corpus.num_docs, CHUNK_BYTES // pair_bytes)
+        self.data_plate = type(self).data_plate.with_sizes(
+            chunk_budget=max(2 * corpus.num_docs, CHUNK_BYTES // pair_bytes)
+        )
 
     def _check_affordable(self, lengths: np.ndarray, topics: int, copies: int = 1) -> None:
         problem = exact.affordability(lengths, topics, copies=copies)

@@ -47,7 +47,7 @@ mini-batches from the file), 10x ``.mtx`` directories or CSV; or a seeded simula
 model's own generative process (:func:`~zoo.models.scvi.simulate.simulate_scvi`). With
 ``backed`` the matrix is never held in memory whole: training reads each mini-batch's rows, and
 every pass over all the cells (the runner's history records and diagnostics, the held-out
-evaluation, the report's tables and figures) reads ``data_block_size`` cells at a time
+evaluation, the report's tables and figures) reads ``data_plate.block_size`` cells at a time
 (:mod:`zoo.data_blocks`).
 
 Files: :mod:`~zoo.models.scvi.model` (the registered model ``scvi``),

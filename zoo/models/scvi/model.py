@@ -28,7 +28,7 @@ from guides.amortized import AmortizedGuide, GaussianEncoder
 from zoo.data_blocks import index_blocks
 from zoo.diagnostics import evaluate
 from zoo.errors import DataError
-from zoo.model import Option, Training, boolean, positive_int, seed_value
+from zoo.model import DataPlate, Option, Training, boolean, positive_int, seed_value
 from zoo.models.amortized import (
     AmortizedModel,
     CollapseReport,
@@ -143,14 +143,12 @@ class SingleCellVI(AmortizedModel):
         batch_size=128,
         records=20,
     )
-    data_plate = "cells"
-    #: a (particle, cell) pair costs a decoder pass and G genes (:class:`ScviCounts` chunks the
-    #: genes itself): smaller chunks of the diagnostics allocate less at once
-    eval_chunk_budget = 100_000
     #: cells per block of every full pass over the data (the runner's initial trace, history
     #: records and diagnostics, the report's tables and figures): memory is bounded by a block,
-    #: so a backed .h5ad is never read whole
-    data_block_size = 4096
+    #: so a backed .h5ad is never read whole. A (particle, cell) pair of the diagnostics costs a
+    #: decoder pass and G genes (:class:`ScviCounts` chunks the genes itself): smaller chunks
+    #: of the diagnostics allocate less at once
+    data_plate = DataPlate("cells", block_size=4096, chunk_budget=100_000)
     dtype = torch.float32
 
     # -- data -----------------------------------------------------------------------------------
@@ -312,8 +310,9 @@ class SingleCellVI(AmortizedModel):
         return tensor
 
     def index_blocks(self) -> list[torch.Tensor]:
-        """Consecutive blocks of at most ``data_block_size`` cell indices, covering the cells."""
-        return index_blocks(self.num_data, self.data_block_size, self.device)
+        """Consecutive blocks of at most ``data_plate.block_size`` cell indices, covering the
+        cells."""
+        return index_blocks(self.num_data, self.data_plate.block_size, self.device)
 
     def count_blocks(self) -> Iterator[torch.Tensor]:
         """The count rows, a block of cells at a time (see :meth:`index_blocks`)."""
@@ -466,14 +465,14 @@ class SingleCellVI(AmortizedModel):
 
     @torch.no_grad()
     def generate_blocks(self, num_cells: int, seed: int = 0) -> Iterator[np.ndarray]:
-        """:meth:`generate`, ``data_block_size`` cells at a time (the same cells)."""
+        """:meth:`generate`, ``data_plate.block_size`` cells at a time (the same cells)."""
         self.ensure_networks()
         decoder = pyro.module("decoder", self.decoder, update_module_params=True)
         log_theta = self.fitted_log_theta()
         gen = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            for block in index_blocks(num_cells, self.data_block_size):
+            for block in index_blocks(num_cells, self.data_plate.block_size):
                 n = len(block)
                 z = torch.randn(n, self.latent_dim, generator=gen, dtype=self.dtype)
                 if self.library_mode == "latent":

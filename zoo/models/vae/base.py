@@ -19,6 +19,7 @@ import torch
 
 from zoo.data import FLOAT32_LIMIT, FLOAT64_LIMIT
 from zoo.errors import DataError
+from zoo.model import DataPlate
 from zoo.models.amortized import (
     AmortizedModel,
     CollapseReport,
@@ -43,7 +44,7 @@ class ArrayVAE(AmortizedModel):
 
     #: (particle, data point) pairs per chunk of the diagnostics: a pair costs a decoder pass
     #: (hidden activations of 256 floats), not a few numbers as in the default budget
-    eval_chunk_budget = 250_000
+    data_plate = DataPlate("data", chunk_budget=250_000)
     data_help = (
         ".npy/.npz/.csv array file, one data point per row ((N, H, W) images are flattened); "
         "a CSV column named label is used to colour the latent map"
