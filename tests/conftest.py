@@ -45,3 +45,28 @@ def cli(tmp_path):
 
     call.cwd = tmp_path
     return call
+
+
+@pytest.fixture
+def cli_here(tmp_path, monkeypatch):
+    """``cli_here(*args)``: the command line's ``main`` in this process (no interpreter to
+    start: for runs whose subject is the run, not the process), in a fresh directory; returns
+    what :func:`run_cli` returns (``returncode``, ``stdout``, ``stderr``)."""
+    import contextlib
+    import io
+
+    from zoo.run import main
+
+    monkeypatch.chdir(tmp_path)
+
+    def call(*args: str) -> subprocess.CompletedProcess:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse's usage errors
+                code = exc.code if isinstance(exc.code, int) else 2
+        return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+    call.cwd = tmp_path
+    return call

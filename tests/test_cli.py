@@ -30,7 +30,8 @@ def _only_run_dir(root):
 
 
 @pytest.mark.parametrize("name", model_names())
-def test_smoke(cli, name):
+def test_smoke(cli_here, name):
+    cli = cli_here
     out = cli(name, *smoke_args(name), "--quiet")
     assert out.returncode == 0, out.stderr
     run_dir = _only_run_dir(cli.cwd / "runs")
@@ -50,8 +51,9 @@ def test_summary_is_printed(cli):
     assert "exact log evidence" in out.stdout and "gap" in out.stdout and "EM" in out.stdout
 
 
-def test_local_steps_flag(cli):
+def test_local_steps_flag(cli_here):
     """Models with a closed-form local step take --local-steps / --no-local-steps."""
+    cli = cli_here
     out = cli("empirical-bayes", "--help")
     assert "--local-steps" in out.stdout and "--no-local-steps" in out.stdout
     args = ("--steps", "5", "--eval-particles", "50", "--quiet")
