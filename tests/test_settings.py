@@ -79,3 +79,16 @@ def test_a_stored_config_round_trips_and_is_checked_by_the_same_converters():
     values["lr_final_factor"] = True
     with pytest.raises(zoo.ZooError, match="field 'lr_final_factor' must be a number"):
         RunConfig.from_json(json.dumps(values))
+
+
+def test_the_kl_warmup_default_is_the_models_fraction_of_the_steps():
+    vae = get_model("vae")
+    model = vae(**vae.smoke_options)
+    fraction = vae.training.kl_warmup_fraction
+    assert fraction > 0
+    values = resolve(model, {"steps": 600})
+    assert values["kl_warmup"] == round(fraction * 600)
+    assert resolve(model, {"steps": 600, "kl_warmup": 0})["kl_warmup"] == 0
+    normal_gamma = get_model("normal-gamma")()
+    assert resolve(normal_gamma, {})["kl_warmup"] == 0
+    assert resolve(normal_gamma, {"method": "closed-form"})["kl_warmup"] == 0

@@ -103,6 +103,9 @@ class Training:
     #: history rows per SVI run (one every ``steps // records`` steps); fewer where a record
     #: is costly (it scores ``trace_particles`` particles of every data point)
     records: int = 200
+    #: KL warm-up over this fraction of the SVI steps unless a run sets ``kl_warmup`` (the
+    #: amortized models' practice: Bowman et al. 2016; Sønderby et al. 2016)
+    kl_warmup_fraction: float = 0.0
 
 
 class ZooModel:

@@ -276,10 +276,18 @@ def _checkpoint_every(value: int | None, r: Resolution) -> int:
     return max(1, r.values["steps"] // 10) if value is None else value
 
 
-def _kl_warmup(value: int, r: Resolution) -> int:
+def _kl_warmup(value: int | None, r: Resolution) -> int:
+    if value is None:  # the model's warm-up, a fraction of the SVI steps
+        fraction = r.training.kl_warmup_fraction
+        return round(fraction * r.values["steps"]) if r.svi else 0
     if value and not r.svi:
         raise ZooError("kl_warmup applies to SVI only")
     return value
+
+
+def _warmup_shown(cls: type[ZooModel]) -> str | int:
+    fraction = cls.training.kl_warmup_fraction
+    return f"{fraction:.3g} of the steps" if fraction else 0
 
 
 def _local_steps(value: bool | None, r: Resolution) -> bool:
@@ -394,9 +402,9 @@ SETTINGS: tuple[Setting, ...] = (
         non_negative_int,
         "ramp the weight of the latent sites from 0 to 1 over STEPS steps (KL warm-up; the "
         "reported ELBO is at weight 1)",
-        default=0,
         rule=_kl_warmup,
         metavar="STEPS",
+        shown_default=_warmup_shown,
     ),
     Setting(
         "local_steps",

@@ -20,8 +20,8 @@ Follows Kingma & Welling (2014), Burda et al. (2016) and Kingma et al. (2016).
 # ---
 # Mini-batches of 128 images through the model's data plate, one reparameterised particle per
 # step, the analytic KL (Kingma & Welling's estimator B), and KL annealing: the weight of the
-# KL term ramps from 0 to 1 over the first steps (``kl_warmup``). The reported ELBO is always
-# the one at weight 1.
+# KL term ramps from 0 to 1 over the first sixth of the steps (``kl_warmup``, the model's
+# default). The reported ELBO is always the one at weight 1.
 import os
 
 import zoo
@@ -33,7 +33,6 @@ training = zoo.get_model("vae").training
 STEPS = training.quick_steps if QUICK else training.steps
 SETTINGS = dict(
     quick=QUICK,
-    kl_warmup=STEPS // 6,
     record_every=STEPS // 30,
     eval_particles=1000,
     test_particles=1000,

@@ -142,6 +142,7 @@ class SingleCellVI(AmortizedModel):
         particles=1,
         batch_size=128,
         records=20,
+        kl_warmup_fraction=0.1,
     )
     #: cells per block of every full pass over the data (the runner's initial trace, history
     #: records and diagnostics, the report's tables and figures): memory is bounded by a block,

@@ -68,7 +68,13 @@ class VariationalAutoencoder(ArrayVAE):
     default_elbo = "trace"
     elbo_for_guide = {"mean-field": "meanfield"}
     training = Training(
-        steps=6000, lr=2e-3, quick_steps=600, lr_final_factor=0.1, particles=1, batch_size=128
+        steps=6000,
+        lr=2e-3,
+        quick_steps=600,
+        lr_final_factor=0.1,
+        particles=1,
+        batch_size=128,
+        kl_warmup_fraction=1 / 6,
     )
     # a history record scores 16 particles of every training image: keep them few
     leaderboard = ({"record_every": 30}, {"guide": "iaf", "record_every": 30})
