@@ -26,14 +26,16 @@ records a ``--config`` file's content with it). MLflow has no logger here: a
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Protocol
 
-from zoo.errors import ZooError
+from zoo.errors import ZooError, first_line
 from zoo.outputs import write_atomic
+from zoo.run_files import CONFIG
 
 #: the live (and final) history file in a run directory
 HISTORY = "history.csv"
@@ -256,3 +258,89 @@ class TensorBoardLogger:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+# -- MLflow -------------------------------------------------------------------------------------
+MLFLOW_MISSING = "--mlflow needs the mlflow package: pip install mlflow"
+
+
+def tracking_uri(where: str) -> str:
+    """An MLflow tracking URI: ``where`` itself where it has a scheme (``http://...``,
+    ``file:///...``, ``databricks``), else a local directory's absolute ``file:`` URI."""
+    if "://" in where or where in ("databricks",):
+        return where
+    return Path(where).expanduser().resolve().as_uri()
+
+
+class MLflowLogger:
+    """The history rows as MLflow metrics (named as :data:`TENSORBOARD_TAGS`, step the
+    training step, NaN values left out) in a run named ``run_name`` of the experiment
+    ``experiment``, with the run's settings (its ``config.json``) as parameters. Checks at
+    construction that MLflow is importable. A resumed run is a new MLflow run that logs its
+    checkpoint's history first."""
+
+    def __init__(self, where: str, experiment: str, run_name: str) -> None:
+        try:
+            import mlflow
+        except ImportError:
+            raise ZooError(MLFLOW_MISSING) from None
+        self.mlflow = mlflow
+        self.uri = tracking_uri(where)
+        self.experiment = experiment
+        self.run_name = run_name
+        self.active: Any = None
+
+    def start(self, run_dir: Path | None, step: int, history: Sequence[Mapping[str, Any]]) -> None:
+        self.close()
+        m = self.mlflow
+        try:
+            m.set_tracking_uri(self.uri)
+            m.set_experiment(self.experiment)
+            name = self.run_name if not step else f"{self.run_name} (resumed at step {step})"
+            self.active = m.start_run(run_name=name)
+            params = _config_params(run_dir)
+            if params:
+                m.log_params(params)
+            for row in history:
+                self._metrics(row)
+        except ZooError:
+            raise
+        except Exception as exc:  # mlflow raises its own types for a bad store or URI
+            raise ZooError(f"--mlflow {self.uri}: {first_line(exc, 160)}") from None
+
+    def record(self, row: Mapping[str, Any]) -> None:
+        if self.active is None:
+            return
+        try:
+            self._metrics(row)
+        except Exception as exc:
+            raise ZooError(f"--mlflow {self.uri}: {first_line(exc, 160)}") from None
+
+    def _metrics(self, row: Mapping[str, Any]) -> None:
+        metrics = {
+            tag: float(value)
+            for column, tag in TENSORBOARD_TAGS.items()
+            if isinstance(value := row.get(column), int | float) and math.isfinite(value)
+        }
+        if metrics:
+            self.mlflow.log_metrics(metrics, step=int(row["step"]))
+
+    def close(self) -> None:
+        """End the MLflow run (the next :meth:`start` begins another)."""
+        if self.active is not None:
+            self.active = None
+            self.mlflow.end_run()
+
+
+def _config_params(run_dir: Path | None) -> dict[str, str]:
+    """The run's settings and model options from its ``config.json``, as MLflow parameters
+    (``options.<name>`` for the model's options; the data's provenance left out)."""
+    if run_dir is None or not (run_dir / CONFIG).is_file():
+        return {}
+    try:
+        config = json.loads((run_dir / CONFIG).read_text())
+    except (OSError, ValueError):
+        return {}
+    params = {k: str(v) for k, v in config.items() if k not in ("options", "data")}
+    params.update({f"options.{k}": str(v) for k, v in (config.get("options") or {}).items()})
+    return params

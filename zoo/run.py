@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from zoo.config_file import RUN_CONFIG, parser_defaults, read_config_file, to_toml
 from zoo.errors import ZooError, first_line
-from zoo.live_logs import RunFile, RunLogger, TensorBoardLogger, logging_to
+from zoo.live_logs import MLflowLogger, RunFile, RunLogger, TensorBoardLogger, logging_to
 from zoo.memory import memory_guard, out_of_memory
 from zoo.options import available_cpus, positive_int, thread_count
 from zoo.outputs import RunInterrupted, default_run_dir
@@ -121,7 +121,7 @@ def _add_run_options(parser: argparse.ArgumentParser, cls: type[ZooModel] | None
 
 
 def _add_file_options(parser: argparse.ArgumentParser) -> None:
-    """--config and --tensorboard (a model's parser)."""
+    """--config, --tensorboard and --mlflow (a model's parser)."""
     files = parser.add_argument_group("configuration file and live logs")
     files.add_argument(
         "--config",
@@ -137,6 +137,13 @@ def _add_file_options(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="log the ELBO, its terms and the gap to TensorBoard under DIR/<model>/<run-id> "
         "(needs: pip install tensorboard); history.csv is written as the run goes either way",
+    )
+    files.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="log the run's settings, and the ELBO, its terms and the gap as it goes, to MLflow "
+        "at URI (a directory such as ./mlruns, or a tracking server's http:// address): "
+        "experiment <model>, run <run-id> (needs: pip install mlflow)",
     )
 
 
@@ -344,6 +351,8 @@ def _run_model(args: argparse.Namespace) -> None:
         created.insert(0, run_dir)
     try:
         loggers = _tensorboard(args.tensorboard, cls.name, run_dir)
+        if args.mlflow is not None:
+            loggers.append(MLflowLogger(args.mlflow, cls.name, Path(run_dir).resolve().name))
         if args.config is not None:
             loggers.append(_config_record(args))
         with logging_to(*loggers):
