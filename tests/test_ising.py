@@ -21,8 +21,10 @@ from zoo.models.ising.exact import (
     all_configurations,
     brute_force,
     energy,
+    exact_log_z_function,
     kaufman_log_z,
     onsager_log_z_per_site,
+    site_transfer_log_z,
     thermodynamics,
     transfer_matrix_log_z,
 )
@@ -266,3 +268,33 @@ def test_bad_options():
         Ising(boundary="helical")
     with pytest.raises(zoo.errors.ZooError):
         Ising(z2="maybe")
+
+
+@pytest.mark.parametrize(
+    ("rows", "cols", "beta", "h"),
+    [(4, 4, 0.3, 0.0), (5, 7, 0.44, 0.3), (7, 5, 0.6, -0.2), (3, 9, 0.2, 0.1), (1, 6, 0.5, 0.2)],
+)
+def test_the_site_transfer_matches_the_row_transfer_matrix_on_open_lattices(rows, cols, beta, h):
+    got = site_transfer_log_z(rows, cols, beta, h=h)
+    assert got == pytest.approx(
+        transfer_matrix_log_z(rows, cols, beta, h=h, periodic=False), abs=1e-11
+    )
+    if rows * cols <= 16:
+        assert got == pytest.approx(
+            brute_force(rows, cols, beta, h=h, periodic=False)["log_z"], abs=1e-11
+        )
+
+
+def test_open_lattices_past_the_dense_transfer_matrix_have_an_exact_log_z():
+    """L = 16 open: log Z per site between the free boundary's (fewer bonds: lower) and the
+    torus's at the same beta, and above the high-temperature bound N log 2 + bonds log cosh K;
+    the summary's thermodynamics come from the same transfer."""
+    found = exact_log_z_function(16, 16, periodic=False)
+    assert found is not None and found[1] == "site-by-site transfer matrix"
+    log_z = found[0](BETA_C, 0.0)
+    torus = kaufman_log_z(16, 16, BETA_C)
+    bonds = 2 * 16 * 15
+    assert 256 * math.log(2) + bonds * math.log(math.cosh(BETA_C)) < log_z < torus
+    model = zoo.get_model("ising")(size=16, boundary="open")
+    assert model.log_evidence() == pytest.approx(log_z, abs=1e-12)
+    assert model.exact_thermodynamics()["method"].startswith("site-by-site")

@@ -23,7 +23,8 @@ information of q relative to the uniform distribution). ``num_data`` is N, the n
 spins, so every "per point" number is per site.
 
 Exact log Z (:mod:`zoo.models.ising.exact`): brute force for N <= 16, the row transfer matrix for
-L <= 12, Kaufman's (1949) closed form for the periodic torus at h = 0 (any L); Onsager's (1944)
+L <= 12, the site-by-site transfer matrix for open boundaries up to L = 20 (any h), Kaufman's
+(1949) closed form for the periodic torus at h = 0 (any L); Onsager's (1944)
 infinite-lattice free energy is the L -> infinity reference in the figures.
 
 Guides (:mod:`guides.autoregressive`), both trained by the score-function gradient of Pyro's
@@ -70,12 +71,14 @@ from zoo.model import (
 from zoo.models.ising import figures
 from zoo.models.ising.exact import (
     BETA_C,
+    SITE_TRANSFER_MAX_COLS,
     adjacency,
     brute_force,
     energy,
     exact_log_z_function,
     kaufman_log_z,
     onsager_log_z_per_site,
+    site_transfer_log_z,
     thermodynamics,
     transfer_matrix_log_z,
 )
@@ -306,6 +309,13 @@ class Ising(ZooModel):
 
             t = thermodynamics(fn, b, h)
             method = "transfer matrix, central differences (step 1e-4)"
+        elif not self.periodic and self.size <= SITE_TRANSFER_MAX_COLS:
+
+            def fn(bb, hh):
+                return site_transfer_log_z(self.size, self.size, bb, h=hh)
+
+            t = thermodynamics(fn, b, h)
+            method = "site-by-site transfer matrix, central differences (step 1e-4)"
         elif self.periodic and h == 0.0:
 
             def fn(bb, hh):
