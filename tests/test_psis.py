@@ -159,3 +159,16 @@ def test_non_1d_input_raises() -> None:
         pareto_khat(np.zeros((100, 2)))
     with pytest.raises(ValueError, match="1-D"):
         pareto_khat(1.0)
+
+
+def test_the_effective_sample_size_is_kish():
+    """(sum w)^2 / sum w^2: S for equal weights, 1 for one dominant weight, and invariant to
+    a common shift of the log weights (computed relative to the largest)."""
+    import torch
+
+    from zoo.diagnostics import effective_sample_size
+
+    assert effective_sample_size(torch.zeros(50)) == pytest.approx(50.0)
+    assert effective_sample_size(torch.tensor([0.0, -800.0, -900.0])) == pytest.approx(1.0)
+    log_w = torch.log(torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64))
+    assert effective_sample_size(log_w + 1e3) == pytest.approx(100.0 / 30.0)

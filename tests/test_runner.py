@@ -250,8 +250,24 @@ def test_a_notebook_shows_the_report_as_a_table():
     result = _fit(steps=20, elbo="trace", eval_particles=100)
     page = result._repr_html_()
     d = result.diagnostics
-    assert page.count("<tr>") == len(d.rows()) + 1 + 1 + (1 if math.isfinite(d.khat) else 0)
+    extra = (1 if math.isfinite(d.khat) else 0) + (1 if math.isfinite(d.ess) else 0)
+    assert page.count("<tr>") == len(d.rows()) + 1 + 1 + extra
     for _, value, _ in d.rows():
         assert f"{value:.4f}" in page and f"{value / d.num_data:.5f}" in page
     assert "exact log evidence" in page and "gap log p(x) - ELBO" in page
     assert repr(result).startswith(f"FitResult({result.model.name!r}, guide=")
+
+
+def test_history_iwae_is_at_least_the_elbo_of_the_same_particles():
+    """Each record's IWAE is log mean_k w_k of the very particles whose mean log w_k is its
+    ELBO: never below it (Jensen), equal only when the weights are equal."""
+    h = _fit(steps=20, elbo="trace", record_every=5).history
+    assert np.isfinite(h["iwae"]).all()
+    assert (h["iwae"] >= h["elbo"] - 1e-9 * h["elbo"].abs()).all()
+
+
+def test_a_point_mass_has_no_history_iwae():
+    result = zoo.fit(
+        "free-energy-perception", guide="point-mass", steps=10, eval_particles=30, progress=False
+    )
+    assert result.history["iwae"].isna().all()

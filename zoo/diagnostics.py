@@ -75,6 +75,9 @@ class Diagnostics:
     #: k-hat above this makes the IWAE and its SE untrustworthy: min(1 - 1/log10 S, 0.7)
     #: for S draws (Vehtari et al. 2024, §3.2.4)
     khat_threshold: float = 0.7
+    #: Kish's effective sample size of the joint importance weights (NaN where the IWAE is
+    #: per data point or not computed): how many of the ``num_particles`` draws count
+    ess: float = math.nan
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -383,6 +386,13 @@ def iwae_with_se(log_w: torch.Tensor, dim: int = 0) -> tuple[torch.Tensor, torch
     return log_mean_exp(log_w, dim), se
 
 
+def effective_sample_size(log_w: torch.Tensor) -> float:
+    """Kish's effective sample size (sum w)^2 / sum w^2 of the importance weights exp(log_w):
+    between 1 (one draw carries all the weight) and the number of draws (q is the posterior)."""
+    w = torch.exp(log_w.double() - log_w.max())
+    return float(w.sum() ** 2 / w.pow(2).sum())
+
+
 def mean_with_se(x: torch.Tensor) -> tuple[float, float]:
     """The mean of every element of ``x`` (any shape, any dtype; computed in float64) and its
     standard error s / sqrt(n), s the sample standard deviation (divisor n - 1); the standard
@@ -502,6 +512,7 @@ def evaluate(
     num = int(log_w.shape[0])
 
     weights = zoo_model.importance_weights and first.is_bound
+    ess = math.nan
     if not first.is_bound:
         iwae, iwae_se = math.nan, math.nan
         iwae_scope = "not computed: a point-mass guide has no importance weights"
@@ -516,6 +527,7 @@ def evaluate(
         iwae_t, se_t = iwae_with_se(log_w, 0)
         iwae, iwae_se = iwae_t.item(), se_t.item()
         iwae_scope = f"joint, K={num}"
+        ess = effective_sample_size(log_w)
 
     khat, khat_scope = math.nan, "not computed" if first.is_bound else "not computed: no weights"
     if with_khat and weights and num >= MIN_DRAWS:
@@ -544,6 +556,7 @@ def evaluate(
         iwae_se=iwae_se,
         iwae_scope=iwae_scope,
         khat=khat,
+        ess=ess,
         khat_scope=khat_scope,
         log_evidence=None if log_evidence is None else float(log_evidence),
         best_elbo=None if best is None else float(best),
@@ -565,10 +578,16 @@ def khat_threshold(num_draws: int) -> float:
 
 @torch.no_grad()
 def quick_terms(zoo_model: ZooModel, guide: Callable, num_particles: int) -> dict[str, float]:
-    """ELBO and its two halves from a few particles: cheap enough to log during training."""
+    """ELBO and its two halves from a few particles: cheap enough to log during training; and
+    from the same particles ``iwae``, log mean_k w_k of the weights of all the latents jointly
+    (a bound on log p(x) too, NaN where the ratios are not importance weights)."""
     num = max(2, num_particles)
     chunks = [_evaluate_chunk(zoo_model, guide, num, block) for block in data_blocks(zoo_model)]
-    return {
+    terms = {
         key: sum(getattr(c, attr).mean().item() for c in chunks)
         for key, attr in (("elbo", "log_w"), ("expected_log_likelihood", "ell"), ("kl", "kl"))
     }
+    weights = zoo_model.importance_weights and all(c.is_bound for c in chunks)
+    joint = sum(c.log_w.double() for c in chunks)
+    terms["iwae"] = log_mean_exp(joint).item() if weights else math.nan
+    return terms

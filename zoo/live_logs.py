@@ -190,6 +190,7 @@ TENSORBOARD_TAGS = {
     "elbo": "elbo/elbo",
     "expected_log_likelihood": "elbo/expected_log_likelihood",
     "kl": "elbo/kl",
+    "iwae": "elbo/iwae_joint",
     "log_evidence": "elbo/log_evidence",
     "gap": "gap",
     "train_elbo": "training/train_elbo",

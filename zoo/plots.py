@@ -38,6 +38,7 @@ def elbo_trace(
     title: str,
     final_gap: float | None = None,
     diagnostics: Diagnostics | None = None,
+    trace_particles: int | None = None,
 ) -> Figure:
     """ELBO per recorded step, with the exact log evidence as a line where it is known.
 
@@ -45,8 +46,10 @@ def elbo_trace(
     exact guide). ``final_gap`` (the diagnostics' many-particle gap) goes in the title; without
     it, the last recorded (few-particle) gap does. With the run's ``diagnostics`` the last step
     also shows the final IWAE (±2 SE) and the best ELBO the guide family reaches at the fitted
-    parameters, where they exist. Where the evidence is known a second panel shows the gap
-    log p(x) - ELBO per record on a log axis (linear within the records' Monte Carlo noise).
+    parameters, where they exist; a history with an ``iwae`` column (the records' particles,
+    ``trace_particles`` of them, weighted jointly) draws it beside the ELBO. Where the evidence
+    is known a second panel shows the gap log p(x) - ELBO per record on a log axis (linear
+    within the records' Monte Carlo noise).
     """
     import matplotlib.pyplot as plt
 
@@ -66,6 +69,17 @@ def elbo_trace(
     if known:
         ax.plot(steps, history["log_evidence"], "--", color="k", lw=1.2, label="exact log evidence")
     ax.plot(steps, history["elbo"], label="ELBO", color="C0", lw=1.6, zorder=3)
+    if "iwae" in history and _finite(history["iwae"]):
+        k = f"K={trace_particles}, " if trace_particles else ""
+        ax.plot(
+            steps,
+            history["iwae"],
+            color="C1",
+            lw=1.0,
+            alpha=0.8,
+            zorder=2,
+            label=f"IWAE ({k}all latents jointly)",
+        )
     extra = _final_markers(ax, steps[-1], diagnostics) if diagnostics is not None else []
     if known:
         if final_gap is None:
@@ -78,7 +92,7 @@ def elbo_trace(
     ax.ticklabel_format(axis="y", useOffset=False)
     _zoom_to_tail(ax, history, extra)
     ax.set_ylabel("nats (total over the data)")
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="best", fontsize="small")
     return fig
 
 
@@ -133,6 +147,8 @@ def _zoom_to_tail(ax, history: pd.DataFrame, extra: list[float] | None = None) -
     """Keep the last 80% of the run readable: early ELBOs can be orders of magnitude lower."""
     tail = history.iloc[len(history) // 5 :]
     values = [tail["elbo"].to_numpy(dtype=float), np.asarray(extra or [], dtype=float)]
+    if "iwae" in tail:
+        values.append(tail["iwae"].to_numpy(dtype=float))
     if "log_evidence" in tail:
         values.append(tail["log_evidence"].to_numpy(dtype=float))
     stacked = np.concatenate(values)

@@ -260,6 +260,9 @@ class FitResult:
         if math.isfinite(d.khat):
             label = html.escape(f"PSIS k-hat ({d.khat_scope})")
             rows.append(f"<tr><td>{label}</td>{cell(d.khat, 3)}<td></td><td></td></tr>")
+        if math.isfinite(d.ess):
+            label = f"effective sample size (of {d.num_particles})"
+            rows.append(f"<tr><td>{label}</td>{cell(d.ess, 1)}<td></td><td></td></tr>")
         rows.append(f"<tr><td>seconds</td>{cell(self.seconds, 2)}<td></td><td></td></tr>")
         notes = "".join(f"<p><em>{html.escape(note)}</em></p>" for note in d.notes())
         title = html.escape(
@@ -343,7 +346,11 @@ class FitResult:
         title = f"{self.model.title} - {self.config.guide} guide, {self.method_label}"
         figures = {
             "elbo_trace": plots.elbo_trace(
-                self.history, title, self.diagnostics.gap, self.diagnostics
+                self.history,
+                title,
+                self.diagnostics.gap,
+                self.diagnostics,
+                self.config.trace_particles,
             ),
             "elbo_terms": plots.elbo_terms(self.history, title),
         }
