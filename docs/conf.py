@@ -100,6 +100,8 @@ sphinx_gallery_conf = {
     "write_computation_times": False,  # no sg_execution_times.rst pages in the source tree
     "min_reported_time": 1,
     "capture_repr": ("_repr_html_", "__repr__"),
+    # a cell ending in ax.legend(), fig.suptitle() or a Figure shows the figure, not a repr
+    "ignore_repr_types": r"matplotlib[.](text|legend|figure|axes|lines|patches|collections|image)",
     "reset_modules": ("matplotlib",),
     "thumbnail_size": (320, 224),
     "matplotlib_animations": False,

@@ -192,6 +192,9 @@ def test_model_page_shows_its_numbers_and_figures(docs_build: DocsBuild, model: 
     assert "ELBO" in page
     if zoo.get_model(model).has_exact_evidence():  # format_result's rows
         assert "exact log evidence" in page and "gap log p(x) - ELBO" in page
+    # no object reprs in the output (a cell ending in ax.legend() or a Figure shows the figure)
+    for leak in ("&lt;matplotlib.", "&lt;Figure size", "Text(0.", "&lt;Axes:"):
+        assert leak not in page, f"{model}: an object repr ({leak}) in its page's output"
 
 
 @pytest.mark.slow
