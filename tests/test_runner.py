@@ -271,3 +271,19 @@ def test_a_point_mass_has_no_history_iwae():
         "free-energy-perception", guide="point-mass", steps=10, eval_particles=30, progress=False
     )
     assert result.history["iwae"].isna().all()
+
+
+def test_held_out_records_do_not_change_the_training(monkeypatch):
+    """A model with held-out data gets its held-out ELBO per point in every record (and the
+    figure); those particles come from a stream of their own, so the training is the same as
+    without them, to the last bit."""
+    settings = dict(steps=40, record_every=20, eval_particles=30, progress=False, hidden=32)
+    with_held_out = zoo.fit("vae", **settings)
+    h = with_held_out.history
+    assert np.isfinite(h["held_out_elbo_per_point"]).all()
+    assert "held_out_trace" in with_held_out.figures()
+    monkeypatch.setattr(runner._Trainer, "_held_out_terms", lambda self, step, guide: {})
+    without = zoo.fit("vae", **settings).history
+    assert "held_out_elbo_per_point" not in without
+    assert h["elbo"].tolist() == without["elbo"].tolist()
+    assert h["train_elbo"].iloc[1:].tolist() == without["train_elbo"].iloc[1:].tolist()

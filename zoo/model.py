@@ -52,6 +52,9 @@ Optional: where the model has the maths or the data for it
 - schedules: :meth:`on_step` (an annealed temperature follows the run);
 - ArviZ: ``save_posterior_draws`` with ``arviz_dims`` and :meth:`arviz_coords`, where the
   latent is a parameter vector (:mod:`zoo.inference_data`);
+- held-out data: ``held_out`` (a split of the data, the same kind of value) and
+  :meth:`on_held_out` (the same model, guide and parameters on it): the history then records
+  the held-out ELBO per point beside the training one, where over-fitting shows;
 - ``data_help`` (what ``--data PATH`` accepts), ``leaderboard`` (the runs of
   ``zoo.run all``), ``training_for_guide``, ``maximum_label``.
 """
@@ -167,6 +170,9 @@ class ZooModel:
     #: hundred points): the contract test (:mod:`zoo.contract`) and the command-line smoke
     #: test build the model with them
     smoke_options: ClassVar[dict[str, Any]] = {}
+    #: data held out of training, of the same kind as the model's data (None: none); the
+    #: runner scores it through :meth:`on_held_out` at every history record
+    held_out: Any = None
 
     num_data: int
 
@@ -186,6 +192,11 @@ class ZooModel:
                 f"model {self.name!r}: these options or data make a matrix singular in float64 "
                 f"({first_line(exc)}); use values nearer 1 or rescale the data"
             ) from None
+
+    def on_held_out(self, guide: Callable[..., Any]) -> tuple[ZooModel, Callable[..., Any]]:
+        """The same model and guide, with the same parameters, reading the ``held_out`` data:
+        models that hold data out implement it."""
+        raise ZooError(f"model {self.name!r} holds no data out")
 
     # -- to implement -------------------------------------------------------------------------
     def setup(self, data: Any, **options: Any) -> None:

@@ -175,6 +175,42 @@ def elbo_terms(history: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
+def held_out_trace(history: pd.DataFrame, num_data: int, title: str) -> Figure:
+    """The ELBO per data point on the training data and on the held-out data, record by
+    record: where the two part, the model has started to fit its training data at the
+    expense of new data (over-fitting); the best held-out record is marked."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
+    steps = history["step"].to_numpy(dtype=float)
+    train = history["elbo"].to_numpy(dtype=float) / num_data
+    held = history["held_out_elbo_per_point"].to_numpy(dtype=float)
+    ax.plot(steps, train, color="C0", label="training data")
+    ax.plot(steps, held, color="C3", label="held-out data")
+    if np.isfinite(held).any():
+        best = int(np.nanargmax(held))
+        ax.plot(
+            steps[best],
+            held[best],
+            "o",
+            color="C3",
+            mfc="none",
+            ms=8,
+            label=f"best held-out (step {int(steps[best])})",
+        )
+    tail = np.concatenate([train[len(train) // 5 :], held[len(held) // 5 :]])
+    tail = tail[np.isfinite(tail)]
+    if tail.size:
+        lo, hi = tail.min(), tail.max()
+        pad = 0.1 * (hi - lo) + 1e-4 * max(1.0, abs(hi))
+        ax.set_ylim(lo - pad, hi + pad)
+    ax.set_xlabel("step")
+    ax.set_ylabel("ELBO per data point (nats)")
+    ax.set_title(f"{title}\ntraining and held-out ELBO", fontsize="medium", wrap=True)
+    ax.legend(loc="best", fontsize="small")
+    return fig
+
+
 def ellipse(ax, mean, cov, *, nsig: float = 2.0, **kwargs):
     """Draw the ``nsig``-standard-deviation ellipse of a 2-D Gaussian."""
     from matplotlib.patches import Ellipse

@@ -354,6 +354,10 @@ class FitResult:
             ),
             "elbo_terms": plots.elbo_terms(self.history, title),
         }
+        if "held_out_elbo_per_point" in self.history:
+            figures["held_out_trace"] = plots.held_out_trace(
+                self.history, self.diagnostics.num_data, title
+            )
         view = self.view()
         with view.active():
             figures.update(self.model.plots(view))

@@ -502,11 +502,24 @@ class _Trainer:
         }
         row["log_evidence"] = math.nan if log_ev is None else float(log_ev)
         row["gap"] = row["log_evidence"] - row["elbo"]
+        if self.model.held_out is not None:
+            row.update(self._held_out_terms(step, guide))
         row["seconds"] = self.elapsed
         self.history.append(row)
         if self.live is not None:  # history.csv and the loggers, as the run goes
             self.live.record(self.history)
         return row
+
+    def _held_out_terms(self, step: int, guide) -> dict[str, float]:
+        """The ELBO per point on the model's held-out data and on its training data, from the
+        record's particles. The held-out particles come from a random stream of their own
+        (seeded by the run's seed and the step): scoring them does not change the training."""
+        held, held_guide = self.model.on_held_out(guide)
+        devices = [self.model.device] if self.model.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            torch.manual_seed(self.config.seed * 1_000_003 + step)
+            terms = quick_terms(held, held_guide, self.config.trace_particles)
+        return {"held_out_elbo_per_point": terms["elbo"] / held.num_data}
 
     def run(self, progress: bool | None, checkpoint: dict[str, Any] | None = None) -> FitResult:
         cfg = self.config

@@ -127,6 +127,11 @@ class AmortizedModel(ZooModel):
         return dist.Normal(zeros, torch.ones_like(zeros), validate_args=False).to_event(1)
 
     # -- held-out evaluation ----------------------------------------------------------------------
+    def on_held_out(self, guide: AmortizedGuide) -> tuple[Self, AmortizedGuide]:
+        """The model and its encoder's guide on the held-out split (same networks)."""
+        test = self.on_test_split()
+        return test, guide.bind(test)
+
     @torch.no_grad()
     def evaluate_held_out(self, guide: AmortizedGuide, num_particles: int) -> Diagnostics:
         """The trained networks on the held-out split: ELBO and IWAE_K (K = ``num_particles``
