@@ -24,7 +24,7 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 def _log_det_from_cholesky(chol: torch.Tensor) -> torch.Tensor:
-    """ln |A| = 2 sum_i ln L_ii for A = L L^T (batched over leading dimensions)."""
+    """ln det A = 2 sum_i ln L_ii for A = L L^T (batched over leading dimensions)."""
     return 2.0 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
 
 
@@ -42,7 +42,7 @@ def gaussian_log_density(
     x: torch.Tensor, mean: torch.Tensor | float, cov: torch.Tensor
 ) -> torch.Tensor:
     """ln N(x_n | mean, cov) for every row x_n of ``x`` (PRML eq. 2.43), through the Cholesky
-    factor L of ``cov``: -1/2 (D ln 2 pi + ln |cov| + |L^{-1} (x_n - mean)|^2).
+    factor L of ``cov``: -1/2 (D ln 2 pi + ln det cov + ||L^{-1} (x_n - mean)||^2).
 
     ``x`` has shape (..., D): one point (D,) gives a scalar, rows (N, D) give N values. ``mean``
     broadcasts against ``x`` (0 for a centred Gaussian). ``cov`` is (D, D), or batched
@@ -70,7 +70,7 @@ def gaussian_kl(
     """KL(N(loc_q, cov_q) || N(loc_p, cov_p)) (The Matrix Cookbook §8.1):
 
         1/2 (tr(cov_p^{-1} cov_q) + (loc_p - loc_q)^T cov_p^{-1} (loc_p - loc_q) - D
-             + ln |cov_p| - ln |cov_q|).
+             + ln det cov_p - ln det cov_q).
 
     p is given by exactly one of its covariance ``cov_p`` or its precision ``precision_p``
     (= cov_p^{-1}, then used as it is, with no inverse). Locations are rows (..., D) and
@@ -98,7 +98,7 @@ def standard_normal_kl(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_entropy(cov: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """H[N(m, cov)] = 1/2 ln |2 pi e cov| = D/2 ln(2 pi e) + 1/2 ln |cov| (PRML exercise 2.15),
+    """H[N(m, cov)] = 1/2 ln det(2 pi e cov) = D/2 ln(2 pi e) + 1/2 ln det cov (PRML exercise 2.15),
     batched over leading dimensions. A numpy ``cov`` is read as a tensor of its dtype."""
     cov = torch.as_tensor(cov)
     d = cov.shape[-1]
@@ -106,7 +106,7 @@ def gaussian_entropy(cov: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 
 def mean_field_gap(precision: torch.Tensor) -> float:
-    """KL(q* || p) = 1/2 (sum_i ln Lambda_ii - ln |Lambda|) for p = N(m, Lambda^{-1}) and its
+    """KL(q* || p) = 1/2 (sum_i ln Lambda_ii - ln det Lambda) for p = N(m, Lambda^{-1}) and its
     best fully factorised Gaussian approximation q*_i = N(m_i, 1 / Lambda_ii) (PRML §10.1.2):
     the least any mean-field ELBO falls short of the log evidence when the exact
     posterior is p. Non-negative (Hadamard's inequality), zero exactly for a diagonal Lambda."""

@@ -11,6 +11,54 @@ the ELBO equals the exact log marginal likelihood at every step. Follows Rubin
 """
 
 # %%
+# The model
+# ---------
+# The school effects :math:`\theta_1, \dots, \theta_8` are the latent variables; the
+# standard errors :math:`\sigma_j` are known, and the hyperparameters μ and τ are parameters
+# of the model, fitted by maximising the ELBO (:math:`\mathcal{N}(\cdot \mid \text{mean},
+# \text{variance})`):
+#
+# .. math::
+#
+#    p(y, \theta \mid \mu, \tau) = \prod_{j=1}^{8} \mathcal{N}(\theta_j \mid \mu, \tau^2)\,
+#    \mathcal{N}(y_j \mid \theta_j, \sigma_j^2).
+#
+# Every guide is a Normal per school, :math:`q(\theta) = \prod_j \mathcal{N}(\theta_j \mid m_j,
+# s_j^2)`: free factors (``prior-family``, ``mean-field``), or the conditional posterior
+# itself, written as a function of (μ, τ) (``exact``, and where the local step puts the
+# ``prior-family`` factors after every step):
+#
+# .. math::
+#
+#    p(\theta_j \mid y_j, \mu, \tau) = \mathcal{N}\Bigl(\theta_j \Bigm| \mu
+#    + \frac{\tau^2}{\tau^2 + \sigma_j^2} (y_j - \mu),\ \frac{\tau^2 \sigma_j^2}{\tau^2
+#    + \sigma_j^2}\Bigr).
+#
+# The ELBO is a lower bound on the marginal likelihood of the hyperparameters, short of it by
+# the KL divergence to that posterior:
+#
+# .. math::
+#
+#    \mathrm{ELBO}(\mu, \tau, q) &= \mathbb{E}_q[\log p(y \mid \theta)]
+#    - \mathrm{KL}(q(\theta) \,\|\, p(\theta \mid \mu, \tau)) \\
+#    &= \log p(y \mid \mu, \tau) - \mathrm{KL}(q(\theta) \,\|\, p(\theta \mid y, \mu, \tau)),
+#
+# and the marginal likelihood is a product of Normals:
+#
+# .. math::
+#
+#    \log p(y \mid \mu, \tau) = \sum_{j=1}^{8} \log \mathcal{N}(y_j \mid \mu,
+#    \sigma_j^2 + \tau^2).
+#
+# Since every family here contains the conditional posterior, maximising the ELBO over (μ, τ)
+# and q is type-II maximum likelihood. For these data the maximum is on the boundary, complete
+# pooling with μ the precision-weighted mean:
+#
+# .. math::
+#
+#    \hat\tau = 0, \qquad \hat\mu = \frac{\sum_j y_j / \sigma_j^2}{\sum_j 1 / \sigma_j^2}.
+
+# %%
 # Fit
 # ---
 # tau is a positive-constrained parameter (SVI moves log tau) and nothing clips it. The default

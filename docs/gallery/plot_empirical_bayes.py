@@ -13,6 +13,49 @@ maximum sits on the boundary tau = 0, have a page of their own). Follows Efron &
 """
 
 # %%
+# The model
+# ---------
+# Player i has :math:`y_i` hits in n = 45 at-bats; his batting probability :math:`p_i` is the
+# latent variable, and the prior's (a, b), stored as the mean m = a / (a + b) and the
+# concentration κ = a + b, are parameters of the model, fitted by maximising the ELBO:
+#
+# .. math::
+#
+#    p(y, p \mid a, b) = \prod_{i=1}^{18} \operatorname{Beta}(p_i \mid a, b)\,
+#    \operatorname{Binomial}(y_i \mid 45, p_i), \qquad a = m \kappa, \quad b = (1 - m) \kappa.
+#
+# The prior is conjugate, so the conditional posterior is a Beta per player, and the
+# marginal likelihood of (a, b) is the beta-binomial, with B the beta function:
+#
+# .. math::
+#
+#    p(p_i \mid y_i, a, b) = \operatorname{Beta}(p_i \mid a + y_i, b + 45 - y_i), \qquad
+#    p(y \mid a, b) = \prod_{i=1}^{18} \binom{45}{y_i} \frac{B(a + y_i, b + 45 - y_i)}{B(a, b)}.
+#
+# The guides: ``prior-family`` is a free Beta per player,
+# :math:`q(p) = \prod_i \operatorname{Beta}(p_i \mid \alpha_i, \beta_i)`, which the local step
+# sets to the conditional posterior after every gradient step; ``exact`` is that posterior as a
+# function of (a, b); ``mean-field`` is a Normal per player in logit space,
+# :math:`\operatorname{logit} p_i \sim \mathcal{N}(\mu_i, s_i^2)`, which cannot be a Beta. For
+# each, the ELBO falls short of the log marginal likelihood by the KL divergence to the
+# posterior:
+#
+# .. math::
+#
+#    \mathrm{ELBO}(a, b, q) &= \mathbb{E}_q[\log p(y \mid p)]
+#    - \mathrm{KL}(q(p) \,\|\, p(p \mid a, b)) \\
+#    &= \log p(y \mid a, b) - \mathrm{KL}(q(p) \,\|\, p(p \mid y, a, b)).
+#
+# Maximising it over (a, b) with q at the posterior is type-II maximum likelihood. The
+# posterior mean shrinks each raw average towards the prior mean by the factor
+# :math:`\kappa / (\kappa + 45)`:
+#
+# .. math::
+#
+#    \mathbb{E}[p_i \mid y_i, a, b] = \frac{a + y_i}{\kappa + 45}
+#    = \frac{\kappa}{\kappa + 45}\, m + \frac{45}{\kappa + 45}\, \frac{y_i}{45}.
+
+# %%
 # Baseball: fit the prior and a Beta per player
 # ---------------------------------------------
 # p_i ~ Beta(a, b), hits_i ~ Binomial(45, p_i). The default guide, ``prior-family``, is a free

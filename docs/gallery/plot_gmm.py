@@ -11,6 +11,49 @@ algorithm that justifies incremental, sparse, and other variants", and Bishop, P
 """
 
 # %%
+# The model
+# ---------
+# Each point :math:`x_n \in \mathbb{R}^2` has a component label :math:`z_n \in \{1, \dots, K\}`,
+# K = 3, the latent variable; the weights, means and full covariances
+# θ = (π, μ, Σ) are parameters, :math:`\mathcal{N}(\cdot \mid \text{mean},
+# \text{covariance})`:
+#
+# .. math::
+#
+#    p(x, z \mid \theta) = \prod_{n=1}^{N} \pi_{z_n} \mathcal{N}(x_n \mid \mu_{z_n}, \Sigma_{z_n}).
+#
+# The guide is the exact posterior of the labels at the current θ, the responsibilities
+# (PRML eq. 9.23), held fixed while θ moves:
+#
+# .. math::
+#
+#    q(z_n = k) = r_{nk} = \frac{\pi_k \mathcal{N}(x_n \mid \mu_k, \Sigma_k)}
+#    {\sum_{j=1}^{K} \pi_j \mathcal{N}(x_n \mid \mu_j, \Sigma_j)}.
+#
+# The ELBO and its gap (PRML eqs. 9.70–9.72), and the exact log evidence, a log-sum-exp over
+# the components (PRML eq. 9.14):
+#
+# .. math::
+#
+#    \mathrm{ELBO}(q, \theta) &= \sum_{n=1}^{N} \sum_{k=1}^{K} r_{nk}
+#    \log \frac{\pi_k \mathcal{N}(x_n \mid \mu_k, \Sigma_k)}{r_{nk}} \\
+#    &= \log p(x \mid \theta) - \sum_{n=1}^{N} \mathrm{KL}\bigl(q(z_n) \,\|\,
+#    p(z_n \mid x_n, \theta)\bigr),
+#
+# .. math::
+#
+#    \log p(x \mid \theta) = \sum_{n=1}^{N} \log \sum_{k=1}^{K} \pi_k
+#    \mathcal{N}(x_n \mid \mu_k, \Sigma_k).
+#
+# EM is coordinate ascent on the ELBO: the E-step sets q to the posterior, which makes every
+# KL zero, and the M-step (PRML eqs. 9.24–9.26) maximises the ELBO in θ with q held fixed:
+#
+# .. math::
+#
+#    \theta^{\mathrm{new}} = \operatorname*{arg\,max}_{\theta}\, \sum_{n=1}^{N}
+#    \sum_{k=1}^{K} r_{nk} \log \bigl(\pi_k \mathcal{N}(x_n \mid \mu_k, \Sigma_k)\bigr).
+
+# %%
 # Fit
 # ---
 # ``method="closed-form"`` trains with the model's own updates instead of SVI: here the E-step

@@ -12,6 +12,59 @@ the remaining gap. Follows Kaufman (1949); Onsager (1944); Wu, Wang & Zhang (201
 """
 
 # %%
+# The model
+# ---------
+# The spins :math:`s_i = \pm 1` of the L × L torus, N = L² = 64, are the latent variables,
+# and there is nothing to learn. With coupling J = 1, field h = 0 and the sum over the 2N
+# nearest-neighbour bonds ⟨ij⟩,
+#
+# .. math::
+#
+#    E(s) = -J \sum_{\langle ij \rangle} s_i s_j - h \sum_{i} s_i, \qquad
+#    p(s) = \frac{e^{-\beta E(s)}}{Z}, \qquad Z = \sum_{s} e^{-\beta E(s)},
+#
+# at :math:`\beta = \beta_c = \tfrac{1}{2} \log(1 + \sqrt{2})`. In Pyro the spins get a uniform
+# prior, :math:`2^{-N}`, and the Boltzmann weight enters as the likelihood factor
+# :math:`2^{N} e^{-\beta E(s)}`, so that :math:`\log p(x, s) = -\beta E(s)` and the evidence is
+# :math:`p(x) = Z`. The ELBO of a guide q(s) is then a lower bound on log Z, and minus the ELBO
+# over β is the variational free energy (Wu, Wang & Zhang, eq. 2):
+#
+# .. math::
+#
+#    \mathrm{ELBO}(q) &= \mathbb{E}_q[-\beta E(s)] + H(q)
+#    = \log Z - \mathrm{KL}(q(s) \,\|\, p(s)),
+#
+#    F_q &= -\frac{\mathrm{ELBO}(q)}{\beta} \ge F = -\frac{\log Z}{\beta}.
+#
+# The page reports the relative error :math:`(F_q - F) / |F| = (\log Z - \mathrm{ELBO}) /
+# \log Z`. The guides: ``mean-field``, independent spins with means :math:`m_i`, whose ELBO is a
+# closed form in m (A the adjacency matrix of the lattice, :math:`H_2` the binary entropy),
+# maximised where :math:`m_i = \tanh(\beta \sum_j A_{ij} m_j + \beta h)`:
+#
+# .. math::
+#
+#    q(s) = \prod_{i=1}^{N} \frac{1 + m_i s_i}{2}, \qquad
+#    \mathrm{ELBO}(m) = \beta \bigl(\tfrac{1}{2} m^\top A m + h \sum\nolimits_i m_i\bigr)
+#    + \sum_{i=1}^{N} H_2\bigl(\tfrac{1 + m_i}{2}\bigr);
+#
+# and ``autoregressive``, the VAN: conditionals in raster order from a masked dense network,
+# symmetrised under s → −s at h = 0 (Wu, Wang & Zhang, eq. 6),
+#
+# .. math::
+#
+#    q(s) = \prod_{i=1}^{N} q(s_i \mid s_{<i}), \qquad
+#    q_{\mathrm{sym}}(s) = \tfrac{1}{2} \bigl(q(s) + q(-s)\bigr).
+#
+# The exact log Z comes from the row transfer matrix, a :math:`2^L \times 2^L` matrix over the
+# states a, b of one row, with :math:`w(a)` the bond sum within a row plus h times its spin sum:
+#
+# .. math::
+#
+#    T_{ab} = \exp\Bigl(\beta \bigl(\tfrac{1}{2} w(a) + \tfrac{1}{2} w(b)
+#    + \sum\nolimits_{c} a_c b_c\bigr)\Bigr), \qquad Z = \operatorname{tr} T^{L}
+#    = \sum_{k} \lambda_k^{L}.
+
+# %%
 # Mean field
 # ----------
 # ``guide="mean-field"`` is one Bernoulli per spin. Discrete spins have no reparameterisation:

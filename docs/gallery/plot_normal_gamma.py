@@ -13,6 +13,61 @@ distribution", and Blei, Kucukelbir & McAuliffe (2017).
 """
 
 # %%
+# The model
+# ---------
+# The mean μ and the precision τ are the latent variables; the prior's
+# :math:`\mu_0 = 0, \lambda_0 = 1, a_0 = 1, b_0 = 1` are fixed. With Gamma(shape, rate) and
+# :math:`\mathcal{N}(\cdot \mid \text{mean}, \text{variance})` (PRML eqs. 10.21–10.23),
+#
+# .. math::
+#
+#    p(x, \mu, \tau) = \operatorname{Gamma}(\tau \mid a_0, b_0)\,
+#    \mathcal{N}\bigl(\mu \mid \mu_0, (\lambda_0 \tau)^{-1}\bigr)
+#    \prod_{n=1}^{N} \mathcal{N}(x_n \mid \mu, \tau^{-1}).
+#
+# The posterior is Normal-Gamma (Murphy 2007, eqs. 86–89), with :math:`\bar x` the sample mean
+# and :math:`S = \sum_n (x_n - \bar x)^2`,
+#
+# .. math::
+#
+#    p(\mu, \tau \mid x) = \operatorname{Gamma}(\tau \mid a_N, b_N)\,
+#    \mathcal{N}\bigl(\mu \mid \mu_N, (\lambda_N \tau)^{-1}\bigr), \qquad
+#    \lambda_N = \lambda_0 + N, \quad \mu_N = \frac{\lambda_0 \mu_0 + N \bar x}{\lambda_N},
+#
+#    a_N = a_0 + \frac{N}{2}, \qquad
+#    b_N = b_0 + \frac{S}{2} + \frac{\lambda_0 N (\bar x - \mu_0)^2}{2 \lambda_N},
+#
+# and the log evidence is a closed form too (Murphy 2007, eq. 95):
+#
+# .. math::
+#
+#    \log p(x) = \log \frac{\Gamma(a_N)}{\Gamma(a_0)} + a_0 \log b_0 - a_N \log b_N
+#    + \frac{1}{2} \log \frac{\lambda_0}{\lambda_N} - \frac{N}{2} \log 2\pi.
+#
+# The ``mean-field`` guide is :math:`q(\mu)\, q(\tau) = \mathcal{N}(\mu \mid \mu_N, 1 /
+# \lambda_N') \operatorname{Gamma}(\tau \mid a_N', b_N')`; one CAVI sweep (PRML eqs.
+# 10.25–10.30) sets
+#
+# .. math::
+#
+#    \lambda_N' = (\lambda_0 + N)\, \mathbb{E}[\tau], \qquad
+#    a_N' = a_0 + \frac{N + 1}{2}, \qquad
+#    b_N' = b_0 + \frac{1}{2} \mathbb{E}_{\mu}\Bigl[\sum_{n=1}^{N} (x_n - \mu)^2
+#    + \lambda_0 (\mu - \mu_0)^2\Bigr],
+#
+# with :math:`\mathbb{E}[\tau] = a_N' / b_N'` from the other factor. ``full-rank`` is a
+# correlated Gaussian on (log τ, μ), and ``exact`` samples the posterior. Each guide's ELBO is
+# short of the log evidence by its KL divergence to the posterior,
+#
+# .. math::
+#
+#    \mathrm{ELBO}(q) &= \mathbb{E}_q[\log p(x \mid \mu, \tau)]
+#    - \mathrm{KL}\bigl(q(\mu, \tau) \,\|\, p(\mu, \tau)\bigr) \\
+#    &= \log p(x) - \mathrm{KL}\bigl(q(\mu, \tau) \,\|\, p(\mu, \tau \mid x)\bigr),
+#
+# which the mean field cannot close: it cannot tie the spread of μ to τ.
+
+# %%
 # Fit by CAVI
 # -----------
 # ``method="closed-form"`` runs the model's CAVI updates on the mean-field guide's parameters:

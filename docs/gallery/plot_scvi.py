@@ -19,6 +19,57 @@ Methods 15, 1053–1058, and Burda, Grosse & Salakhutdinov (2016).
 # sphinx_gallery_multi_image = "single"
 
 # %%
+# The model
+# ---------
+# Cell n has UMI counts :math:`x_{ng}` of G genes and the observed library size
+# :math:`l_n = \sum_g x_{ng}`; its embedding :math:`z_n \in \mathbb{R}^{10}` is the latent
+# variable. A decoder network f gives the normalised expression
+# :math:`\rho_n = \operatorname{softmax}(f_\rho(z_n))` and the zero-inflation logits
+# :math:`f_\pi(z_n)`, and each gene has an inverse dispersion :math:`\theta_g`; the decoder's
+# weights and the :math:`\theta_g` are the parameters (Lopez et al. 2018, Methods):
+#
+# .. math::
+#
+#    z_n \sim \mathcal{N}(0, I), \qquad
+#    x_{ng} \mid z_n, l_n \sim \operatorname{ZINB}(\mu_{ng}, \theta_g, \pi_{ng}), \qquad
+#    \mu_{ng} = l_n \rho_{ng}, \quad \pi_{ng} = \operatorname{sigmoid}(f_\pi(z_n)_g),
+#
+# where the zero-inflated negative binomial puts an extra mass :math:`\pi` at zero on a
+# negative binomial of mean μ and inverse dispersion θ:
+#
+# .. math::
+#
+#    \operatorname{ZINB}(x \mid \mu, \theta, \pi) = \pi\, \mathbf{1}\{x = 0\} + (1 - \pi)\,
+#    \frac{\Gamma(x + \theta)}{\Gamma(\theta)\, x!}
+#    \Bigl(\frac{\theta}{\theta + \mu}\Bigr)^{\theta} \Bigl(\frac{\mu}{\theta + \mu}\Bigr)^{x}.
+#
+# The ``nb`` likelihood sets π = 0, and ``poisson`` is its limit θ → ∞,
+# :math:`\operatorname{Poisson}(x \mid \mu)`. The guide is an MLP encoder of
+# :math:`y_n = \log(1 + x_n)`, and the ELBO per cell is a reconstruction term minus the KL to
+# the prior, short of the log-likelihood by the KL to the posterior:
+#
+# .. math::
+#
+#    q(z_n \mid x_n) = \mathcal{N}\bigl(z_n \mid m(y_n), \operatorname{diag} v(y_n)\bigr),
+#
+# .. math::
+#
+#    \mathrm{ELBO}_n &= \mathbb{E}_q[\log p(x_n \mid z_n, l_n)]
+#    - \mathrm{KL}(q(z_n \mid x_n) \,\|\, \mathcal{N}(0, I)) \\
+#    &= \log p(x_n \mid l_n) - \mathrm{KL}(q(z_n \mid x_n) \,\|\, p(z_n \mid x_n, l_n)).
+#
+# The log-likelihood has no closed form. It is estimated by importance sampling with the
+# encoder as the proposal, the importance-weighted bound of Burda et al. (2016): in
+# expectation it lies between the ELBO and :math:`\log p(x_n \mid l_n)`, and it tends to the
+# log-likelihood as K grows:
+#
+# .. math::
+#
+#    \log p(x_n \mid l_n) \approx \log \frac{1}{K} \sum_{k=1}^{K}
+#    \frac{p(x_n \mid z_k, l_n)\, \mathcal{N}(z_k \mid 0, I)}{q(z_k \mid x_n)}, \qquad
+#    z_k \sim q(z \mid x_n).
+
+# %%
 # Fit
 # ---
 # Mini-batches of 128 cells through the model's ``cells`` plate (five steps make an epoch),
