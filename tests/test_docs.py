@@ -152,6 +152,44 @@ def _problems(log: str) -> str:
     return "\n".join(lines[-40:]) or log[-4000:]
 
 
+def test_the_pages_and_the_api_reference_build_without_running_the_gallery(tmp_path):
+    """The rst of every page, every gallery script's text and every docstring the API page
+    pulls in, under ``-W`` (seconds: ``plot_gallery=0`` runs no model). The slow test below
+    builds the whole site, running the gallery."""
+    for module in ("sphinx", "sphinx_gallery", "pydata_sphinx_theme"):
+        pytest.importorskip(module, reason='the docs extra is not installed: pip install ".[docs]"')
+    source = tmp_path / "docs"
+    shutil.copytree(
+        DOCS,
+        source,
+        ignore=shutil.ignore_patterns("_build", "auto_examples", "gen_modules", "__pycache__"),
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sphinx",
+            "-W",
+            "--keep-going",
+            "-D",
+            "plot_gallery=0",
+            "-b",
+            "html",
+            str(source),
+            str(tmp_path / "html"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, _problems(proc.stdout + proc.stderr)
+
+
 @pytest.mark.slow
 def test_docs_build_without_warnings_in_quick_mode(docs_build: DocsBuild):
     assert docs_build.returncode == 0, (
