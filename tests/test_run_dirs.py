@@ -497,9 +497,15 @@ def test_ctrl_c_checkpoints_the_step_it_stopped_and_resumes_exactly(monkeypatch,
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(cls, "on_step", press_ctrl_c)
+    # Python's own Ctrl-C handler, as in a terminal: a process started in the background by a
+    # non-interactive shell inherits SIGINT ignored, and then a Ctrl-C never arrives at all
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     run_dir = tmp_path / "ctrl-c"
-    with pytest.raises(RunInterrupted) as info:
-        zoo.fit(MODEL, progress=False, run_dir=run_dir, **settings_)
+    try:
+        with pytest.raises(RunInterrupted) as info:
+            zoo.fit(MODEL, progress=False, run_dir=run_dir, **settings_)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     monkeypatch.undo()
     assert info.value.step == 7 and info.value.run_dir == run_dir
     assert (
