@@ -66,7 +66,8 @@ floats = shown.select_dtypes("float").columns
 (
     shown.style.hide(axis="index")
     .format(number, subset=floats, na_rep="–")
-    .set_table_attributes('style="font-size: 80%"')
+    # a block that scrolls sideways where the page is narrower than the table
+    .set_table_attributes('style="font-size: 72%; display: block; overflow-x: auto"')
 )
 
 # %%
