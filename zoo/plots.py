@@ -151,12 +151,18 @@ def _zoom_to_tail(ax, history: pd.DataFrame, extra: list[float] | None = None) -
         values.append(tail["iwae"].to_numpy(dtype=float))
     if "log_evidence" in tail:
         values.append(tail["log_evidence"].to_numpy(dtype=float))
-    stacked = np.concatenate(values)
+    zoom_y(ax, *values)
+
+
+def zoom_y(ax, *values: Any, pad: float = 0.1, floor: float = 1e-4) -> None:
+    """Set the y-range to the finite ``values`` (arrays), padded by ``pad`` of their range
+    and at least ``floor`` of their size (a flat line keeps a visible band)."""
+    stacked = np.concatenate([np.asarray(v, dtype=float).ravel() for v in values])
     stacked = stacked[np.isfinite(stacked)]
     if stacked.size:
         lo, hi = stacked.min(), stacked.max()
-        pad = 0.1 * (hi - lo) + 1e-4 * max(1.0, abs(hi))
-        ax.set_ylim(lo - pad, hi + pad)
+        margin = pad * (hi - lo) + floor * max(1.0, abs(hi))
+        ax.set_ylim(lo - margin, hi + margin)
 
 
 def elbo_terms(history: pd.DataFrame, title: str) -> Figure:
@@ -198,12 +204,7 @@ def held_out_trace(history: pd.DataFrame, num_data: int, title: str) -> Figure:
             ms=8,
             label=f"best held-out (step {int(steps[best])})",
         )
-    tail = np.concatenate([train[len(train) // 5 :], held[len(held) // 5 :]])
-    tail = tail[np.isfinite(tail)]
-    if tail.size:
-        lo, hi = tail.min(), tail.max()
-        pad = 0.1 * (hi - lo) + 1e-4 * max(1.0, abs(hi))
-        ax.set_ylim(lo - pad, hi + pad)
+    zoom_y(ax, train[len(train) // 5 :], held[len(held) // 5 :])
     ax.set_xlabel("step")
     ax.set_ylabel("ELBO per data point (nats)")
     ax.set_title(f"{title}\ntraining and held-out ELBO", fontsize="medium", wrap=True)

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from zoo.plots import zoom_y
+
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
@@ -32,12 +34,7 @@ def free_energy_axes(ax: Any, history: Any, floor_label: str, *, bound: bool = T
     log_ev = history["log_evidence"].to_numpy(dtype=float)
     if np.isfinite(log_ev).any():
         ax.plot(steps, -log_ev, "--", color="k", label=floor_label)
-    finite = np.concatenate([-elbo[len(elbo) // 10 :], -log_ev[np.isfinite(log_ev)]])
-    finite = finite[np.isfinite(finite)]
-    if finite.size:
-        lo, hi = finite.min(), finite.max()
-        pad = 0.15 * (hi - lo) + 1e-3 * max(1.0, abs(hi))
-        ax.set_ylim(lo - pad, hi + pad)
+    zoom_y(ax, -elbo[len(elbo) // 10 :], -log_ev, pad=0.15, floor=1e-3)
     ax.set_xlabel("step (SVI 'time')")
     ax.set_ylabel("nats")
     ax.legend(loc="upper right", fontsize=8)

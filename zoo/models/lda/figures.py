@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from zoo.plots import zoom_y
+
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
@@ -103,14 +105,12 @@ def gaps_figure(
     else:
         left.plot(steps, elbo, color="C0", label="ELBO (Monte Carlo)")
     left.plot(steps, log_evidence, "--", color="k", label="exact log p(w | alpha, beta)")
-    tail = np.concatenate([np.asarray(log_evidence, dtype=float)[len(steps) // 5 :]])
     shown = closed_form_elbo if closed_form_elbo is not None else elbo
-    tail = np.concatenate([tail, np.asarray(shown, dtype=float)[max(1, len(steps) // 5) :]])
-    tail = tail[np.isfinite(tail)]
-    if tail.size:
-        lo, hi = tail.min(), tail.max()
-        pad = 0.1 * (hi - lo) + 1e-4 * max(1.0, abs(hi))
-        left.set_ylim(lo - pad, hi + pad)
+    zoom_y(
+        left,
+        np.asarray(log_evidence, dtype=float)[len(steps) // 5 :],
+        np.asarray(shown, dtype=float)[max(1, len(steps) // 5) :],
+    )
     left.set_xlabel("step")
     left.set_ylabel("nats (total over the documents)")
     left.legend(loc="best", fontsize=8)
