@@ -281,7 +281,12 @@ def test_held_out_records_do_not_change_the_training(monkeypatch):
     with_held_out = zoo.fit("vae", **settings)
     h = with_held_out.history
     assert np.isfinite(h["held_out_elbo_per_point"]).all()
-    assert "held_out_trace" in with_held_out.figures()
+    figures = with_held_out.figures()
+    assert "held_out_trace" in figures
+    import matplotlib.pyplot as plt
+
+    for figure in figures.values():
+        plt.close(figure)
     monkeypatch.setattr(runner._Trainer, "_held_out_terms", lambda self, step, guide: {})
     without = zoo.fit("vae", **settings).history
     assert "held_out_elbo_per_point" not in without
