@@ -250,8 +250,9 @@ def test_a_notebook_shows_the_report_as_a_table():
     result = _fit(steps=20, elbo="trace", eval_particles=100)
     page = result._repr_html_()
     d = result.diagnostics
-    extra = (1 if math.isfinite(d.khat) else 0) + (1 if math.isfinite(d.ess) else 0)
-    assert page.count("<tr>") == len(d.rows()) + 1 + 1 + extra
+    assert page.count("<tr>") == len(d.rows()) + len(d.weight_rows()) + 1 + 1
+    for label, value, decimals in d.weight_rows():
+        assert label in page and f"{value:.{decimals}f}" in page
     for _, value, _ in d.rows():
         assert f"{value:.4f}" in page and f"{value / d.num_data:.5f}" in page
     assert "exact log evidence" in page and "gap log p(x) - ELBO" in page

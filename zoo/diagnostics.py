@@ -146,6 +146,17 @@ class Diagnostics:
             out.append(("-log p(z*) (not a KL)", self.kl, None))
         return [(label, v, se) for label, v, se in out if v is not None]
 
+    def weight_rows(self) -> list[tuple[str, float, int]]:
+        """The report's figures about the importance weights, which are not in nats, as
+        (label, value, decimals): k-hat (-inf: identical weights, an exact guide) and the
+        effective sample size, where the run has them."""
+        out = []
+        if not math.isnan(self.khat):
+            out.append((f"PSIS k-hat ({self.khat_scope})", self.khat, 3))
+        if math.isfinite(self.ess):
+            out.append((f"effective sample size (of {self.num_particles})", self.ess, 1))
+        return out
+
     def notes(self) -> list[str]:
         """What a reader must know to read the figures: a point mass's objective is not a
         bound; an unreliable k-hat makes the IWAE untrustworthy."""

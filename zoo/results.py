@@ -257,12 +257,10 @@ class FitResult:
                 f"<tr><td>{html.escape(label)}</td>{cell(value)}"
                 f"<td style='text-align:right'>{err}</td>{cell(value / n, 5)}</tr>"
             )
-        if math.isfinite(d.khat):
-            label = html.escape(f"PSIS k-hat ({d.khat_scope})")
-            rows.append(f"<tr><td>{label}</td>{cell(d.khat, 3)}<td></td><td></td></tr>")
-        if math.isfinite(d.ess):
-            label = f"effective sample size (of {d.num_particles})"
-            rows.append(f"<tr><td>{label}</td>{cell(d.ess, 1)}<td></td><td></td></tr>")
+        for label, value, decimals in d.weight_rows():
+            rows.append(
+                f"<tr><td>{html.escape(label)}</td>{cell(value, decimals)}<td></td><td></td></tr>"
+            )
         rows.append(f"<tr><td>seconds</td>{cell(self.seconds, 2)}<td></td><td></td></tr>")
         notes = "".join(f"<p><em>{html.escape(note)}</em></p>" for note in d.notes())
         title = html.escape(

@@ -300,10 +300,8 @@ def format_result(result: FitResult, run_dir: Path | None = None) -> str:
     for label, value, se in d.rows():
         err = f" ± {se:.2g}" if se is not None and math.isfinite(se) and se > 0 else ""
         lines.append(f"  {label:<28}{value:>14.4f}{err:<10}  ({value / n:.5f} per point)")
-    if not math.isnan(d.khat):
-        lines.append(f"  {'PSIS k-hat (' + d.khat_scope + ')':<28}{d.khat:>14.3f}")
-    if math.isfinite(d.ess):
-        lines.append(f"  {'effective sample size':<28}{d.ess:>14.1f}  (of {d.num_particles} draws)")
+    for label, value, decimals in d.weight_rows():
+        lines.append(f"  {label:<28}{value:>14.{decimals}f}")
     lines.extend(f"  {note}" for note in notes if note.startswith("warning"))
     lines.append(f"  {'seconds':<28}{result.seconds:>14.2f}")
     if run_dir is not None:
