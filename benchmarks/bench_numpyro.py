@@ -5,7 +5,8 @@ optimizer (Adam with element-wise gradient clipping at 10: Pyro's ``ClippedAdam`
 zoo's runner uses, and ``numpyro.optim.ClippedAdam``) at the zoo's learning rate:
 
 - **zoo**: :func:`zoo.fit` end to end, ``result.seconds / steps`` (one history record, no
-  learning-rate decay), as ``bench_svi_step.py`` and ``bench_vae.py`` time it;
+  learning-rate decay), as ``bench_svi_step.py`` and ``bench_vae.py`` time it; and **compiled**,
+  the same with ``compile=True`` (:mod:`zoo.compiled`), the build (once a run) left out;
 - **bare Pyro**: a plain ``pyro.infer.SVI(model.model, guide, ClippedAdam, estimator)`` step
   loop on the zoo's model and guide (the estimator the runner builds: vectorized particles,
   ``max_plate_nesting=1``), after five warm-up steps;
@@ -73,7 +74,9 @@ def _fit_settings(name: str) -> dict[str, Any]:
     return {"test_particles": 30}
 
 
-def time_runner(name: str, steps: int) -> float:
+def time_runner(name: str, steps: int, compile: bool = False) -> float:
+    """The runner's seconds per step; compiled (``compile=True``, :mod:`zoo.compiled`), the
+    build (tracing and TorchInductor, once a run) left out."""
     import zoo
 
     result = zoo.fit(
@@ -83,9 +86,11 @@ def time_runner(name: str, steps: int) -> float:
         eval_particles=30,
         progress=False,
         lr_final_factor=1.0,
+        compile=compile,
         **_fit_settings(name),
     )
-    return result.seconds / steps
+    build = result.compiled["build_seconds"] if compile and result.compiled["compiled"] else 0.0
+    return (result.seconds - build) / steps
 
 
 def _fresh(model: Any, seed: int = 0) -> Any:
@@ -261,12 +266,13 @@ def main() -> None:
         rows: dict[str, dict[str, list[float]]] = {}
         try:
             for name in args.problems:
-                rows[name] = {"zoo": [], "pyro": [], "numpyro": [], "async": []}
+                rows[name] = {"zoo": [], "compiled": [], "pyro": [], "numpyro": [], "async": []}
                 rows[name] |= {"pyro_loss": [], "numpyro_loss": [], "cpu": []}
             for _ in range(args.repeats):
                 for name in args.problems:
                     row, n = rows[name], steps[name]
                     row["zoo"].append(time_runner(name, n))
+                    row["compiled"].append(time_runner(name, n, compile=True))
                     seconds, loss = time_bare_pyro(models[name], n)
                     row["pyro"].append(seconds)
                     row["pyro_loss"].append(loss)
@@ -285,13 +291,17 @@ def main() -> None:
         f"{first['library']}; {pinned}; median of {args.repeats}"
     )
     print(
-        f"{'problem':<14}{'steps':>6}{'zoo ms':>9}{'Pyro ms':>9}{'NumPyro ms':>12}"
-        f"{'zoo/NumPyro':>13}{'Pyro/NumPyro':>14}"
+        f"{'problem':<14}{'steps':>6}{'zoo ms':>9}{'compiled':>10}{'Pyro ms':>9}{'NumPyro ms':>12}"
+        f"{'zoo/NumPyro':>13}{'compiled/NumPyro':>18}{'Pyro/NumPyro':>14}"
     )
     med = {name: {k: statistics.median(v) for k, v in row.items()} for name, row in rows.items()}
     for name, m in med.items():
         a, b, c = m["zoo"] * 1e3, m["pyro"] * 1e3, m["numpyro"] * 1e3
-        print(f"{name:<14}{steps[name]:>6}{a:>9.3f}{b:>9.3f}{c:>12.3f}{a / c:>13.1f}{b / c:>14.1f}")
+        k = m["compiled"] * 1e3
+        print(
+            f"{name:<14}{steps[name]:>6}{a:>9.3f}{k:>10.3f}{b:>9.3f}{c:>12.3f}{a / c:>13.1f}"
+            f"{k / c:>18.1f}{b / c:>14.1f}"
+        )
     print("NumPyro details (jitted svi.update):")
     for name, m in med.items():
         head = peers[name].head

@@ -31,6 +31,16 @@ import torch
 import zoo
 import zoo.models
 from zoo.contract import ContractError, build, check_declaration, check_model, check_outputs
+from zoo.declarations import (
+    ArviZ,
+    ClosedForm,
+    Estimators,
+    Guide,
+    Training,
+    elbo_for,
+    local_step_guides,
+    training_for,
+)
 from zoo.model import Option, ZooModel, positive_int
 from zoo.particles import ParticleBroadcastError
 from zoo.registry import get_model, model_names
@@ -146,6 +156,61 @@ def test_a_bad_declaration_is_named():
     bad = type("Bad", (_Regression,), {"options": (Option("steps", positive_int, 3, "n"),)})
     with pytest.raises(ContractError, match="named like run settings"):
         check_declaration(bad)
+
+
+@pytest.mark.parametrize(
+    ("declared", "clause"),
+    [
+        ({"estimators": ("trace", "iwae")}, "estimators is not a zoo.declarations.Estimators"),
+        ({"estimators": Estimators(("trace", "bogus"))}, r"unknown estimators \['bogus'\]"),
+        ({"estimators": Estimators(("trace",), default="iwae")}, "default estimator 'iwae'"),
+        ({"guides": {"mean-field": Guide(elbo="enum")}}, "estimator 'enum' is not a choice"),
+        ({"guides": {"mean-field": "fast"}}, "declared with 'fast', not a Guide"),
+        ({"guides": {"mean-field": Guide(local_step=3)}}, "local_step is not callable"),
+        ({"closed_form": ClosedForm("EM")}, "exactly when closed_form_step is written"),
+        ({"closed_form_step": lambda self, g, n: 0.0}, "exactly when closed_form_step"),
+        ({"arviz": {"w": ("feature",)}}, "arviz is not a zoo.declarations.ArviZ"),
+    ],
+)
+def test_a_bad_declaration_value_is_named(declared, clause):
+    with pytest.raises(ContractError, match=clause) as info:
+        check_declaration(type("Bad", (_Regression,), declared))
+    assert "\n" not in str(info.value)
+
+
+def test_guide_declarations_settle_the_runs_defaults():
+    """A guide's own estimator, training and local step; the model's wherever it has none."""
+    calls = []
+    own = Training(steps=7)
+    declared = type(
+        "Declared",
+        (_Regression,),
+        {
+            "guides": {
+                "mean-field": Guide(elbo="meanfield", local_step=lambda m, g: calls.append(g)),
+                "full-rank": Guide(training=own),
+            },
+            "estimators": Estimators(("trace", "meanfield"), default="trace"),
+        },
+    )
+    check_declaration(declared)
+    assert (elbo_for(declared, "mean-field"), elbo_for(declared, "full-rank")) == (
+        "meanfield",
+        "trace",
+    )
+    assert training_for(declared, "full-rank") is own
+    assert training_for(declared, "mean-field") is declared.training
+    assert local_step_guides(declared) == ("mean-field",)
+    # a tuple of names is the same as a mapping of names to plain declarations
+    assert type("T", (_Regression,), {"guides": ("mean-field",)}).guides == {"mean-field": Guide()}
+
+
+def test_arviz_coordinates_name_attributes():
+    declared = type("A", (_Regression,), {"arviz": ArviZ(coords={"feature": "names"})})
+    with pytest.raises(ContractError, match=r"arviz coords name no attribute: \['names'\]"):
+        build(declared)
+    model = build(type("B", (declared,), {"names": ["age", "bmi", "bp"]}))
+    assert model.arviz.coordinates(model) == {"feature": ["age", "bmi", "bp"]}
 
 
 def test_elbo_is_expected_log_likelihood_minus_kl(result):

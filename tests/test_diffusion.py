@@ -429,6 +429,9 @@ def test_learned_endpoints_and_the_other_objectives_train():
         assert {"gamma_min", "gamma_max"} <= set(result.param_state["params"])
         assert math.isfinite(result.diagnostics.elbo)
         assert result.summary["iwae_and_khat_valid"] == (objective == "mc")
+        # rb and vdm mark their random step (RANDOM_TERM): no importance weights, no IWAE
+        assert math.isnan(result.diagnostics.iwae) == (objective != "mc")
+        assert math.isnan(result.diagnostics.khat) == (objective != "mc")
 
 
 def test_user_data_has_no_density_and_bad_input_is_refused(tmp_path):

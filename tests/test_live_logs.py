@@ -326,10 +326,11 @@ def test_read_config_file_normalises_keys(tmp_path):
 @pytest.mark.parametrize("name", model_names())
 def test_each_model_declares_the_estimators_it_uses(name):
     cls = get_model(name)
-    assert cls.estimators and set(cls.estimators) <= set(ESTIMATORS)
-    used = {cls.default_elbo, *cls.elbo_for_guide.values()}
+    choices = set(cls.estimators.choices)
+    assert choices and choices <= set(ESTIMATORS)
+    used = {cls.estimators.default, *(g.elbo for g in cls.guides.values() if g.elbo)}
     used |= {entry["elbo"] for entry in cls.leaderboard if "elbo" in entry}
-    assert used <= set(cls.estimators), used - set(cls.estimators)
+    assert used <= choices, used - choices
 
 
 def test_estimators_that_do_not_apply_are_refused(capsys):

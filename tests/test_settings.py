@@ -11,6 +11,7 @@ import json
 import pytest
 
 import zoo
+from zoo.declarations import training_for
 from zoo.registry import get_model, model_names
 from zoo.results import RunConfig
 from zoo.run import build_parser
@@ -49,7 +50,7 @@ def test_every_applicable_setting_is_a_flag_of_every_model(name):
 def test_resolve_fills_defaults_from_the_model():
     model = get_model("normal-gamma")()
     values = resolve(model, {})
-    t = model.training_settings(model.default_guide)
+    t = training_for(model, model.default_guide)
     assert values["guide"] == model.default_guide
     assert values["steps"] == t.steps and values["lr"] == t.lr
     assert values["checkpoint_every"] == max(1, t.steps // 10)

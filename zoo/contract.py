@@ -7,9 +7,12 @@ model, the guide and the clause it breaks:
 
 1. the declaration: a kebab-case ``name``, a ``title``, an ``application`` (one of
    :data:`zoo.applications.APPLICATIONS`) and a ``reference``; its ``default_guide`` among
-   its ``guides``, its ``default_method`` one it has, its ``estimators`` known, its options'
-   defaults accepted by their own converters, its ``data_plate`` a
-   :class:`~zoo.data_plate.DataPlate` or None;
+   its ``guides``, each declared with a :class:`~zoo.declarations.Guide` whose estimator is one
+   of the model's; its ``estimators`` (an :class:`~zoo.declarations.Estimators`) known, its
+   ``closed_form`` declared exactly when it has a ``closed_form_step``, its ``arviz`` an
+   :class:`~zoo.declarations.ArviZ` whose coordinates name attributes, its options' defaults
+   accepted by their own converters, its ``data_plate`` a :class:`~zoo.data_plate.DataPlate`
+   or None;
 2. it builds with its :attr:`~zoo.model.ZooModel.smoke_options` and has data (``num_data >= 1``;
    its ``data_plate``, as ``setup`` left it, still a :class:`~zoo.data_plate.DataPlate` or None);
 3. model and guide broadcast over a leading particle dimension: vectorized particles score as
@@ -35,13 +38,15 @@ from guides import VOCABULARY
 from zoo.applications import APPLICATIONS
 from zoo.data_blocks import on_block
 from zoo.data_plate import DataPlate
+from zoo.declarations import ArviZ, ClosedForm, Estimators, Guide, Training
 from zoo.diagnostics import evaluate, finite_or_none
 from zoo.errors import ZooError, first_line
 from zoo.estimators import ESTIMATORS, prepare_guide
 from zoo.model import ZooModel
+from zoo.outputs import is_anndata
 from zoo.particles import check_broadcast
 from zoo.registry import get_model
-from zoo.settings import BY_NAME, METHODS
+from zoo.settings import BY_NAME
 
 #: points scored by the broadcast check (a prefix of the data, where the model has a data plate)
 BROADCAST_POINTS = 16
@@ -75,14 +80,8 @@ def check_declaration(cls: type[ZooModel]) -> None:
             "family as every model does, or add it there with its definition",
         )
     if cls.default_guide not in cls.guides:
-        raise _fail(where, f"default guide {cls.default_guide!r} is not among {cls.guides}")
-    if cls.default_method not in METHODS or (
-        cls.default_method == "closed-form" and not cls.has_closed_form()
-    ):
-        raise _fail(where, f"default method {cls.default_method!r} is not one it has")
-    unknown = set(cls.estimators) - set(ESTIMATORS)
-    if unknown:
-        raise _fail(where, f"unknown estimators {sorted(unknown)}")
+        raise _fail(where, f"default guide {cls.default_guide!r} is not among {list(cls.guides)}")
+    _check_declared(where, cls)
     flags = [opt.flag for opt in cls.options]
     if len(set(flags)) != len(flags):
         raise _fail(where, "two options share a flag")
@@ -101,6 +100,37 @@ def check_declaration(cls: type[ZooModel]) -> None:
     _check_data_plate(where, cls.data_plate)
 
 
+def _check_declared(where: str, cls: type[ZooModel]) -> None:
+    """The declaration values (:mod:`zoo.declarations`) are of their types and agree."""
+    for attr, kind in (("estimators", Estimators), ("training", Training)):
+        if not isinstance(getattr(cls, attr), kind):
+            raise _fail(where, f"{attr} is not a zoo.declarations.{kind.__name__}")
+    unknown = set(cls.estimators.choices) - set(ESTIMATORS)
+    if unknown:
+        raise _fail(where, f"unknown estimators {sorted(unknown)}")
+    if cls.estimators.default not in cls.estimators.choices:
+        raise _fail(where, f"default estimator {cls.estimators.default!r} is not a choice")
+    for name, spec in cls.guides.items():
+        if not isinstance(spec, Guide):
+            raise _fail(where, f"guide {name!r} is declared with {spec!r}, not a Guide")
+        if spec.elbo is not None and spec.elbo not in cls.estimators.choices:
+            raise _fail(where, f"guide {name!r}'s estimator {spec.elbo!r} is not a choice")
+        if spec.training is not None and not isinstance(spec.training, Training):
+            raise _fail(where, f"guide {name!r}'s training is not a Training")
+        if spec.local_step is not None and not callable(spec.local_step):
+            raise _fail(where, f"guide {name!r}'s local_step is not callable")
+    has_step = cls.closed_form_step is not ZooModel.closed_form_step
+    if (cls.closed_form is not None) != has_step or not isinstance(
+        cls.closed_form, ClosedForm | None
+    ):
+        raise _fail(
+            where,
+            "declare closed_form = ClosedForm(name) exactly when closed_form_step is written",
+        )
+    if cls.arviz is not None and not isinstance(cls.arviz, ArviZ):
+        raise _fail(where, "arviz is not a zoo.declarations.ArviZ")
+
+
 def _check_data_plate(where: str, plate: Any) -> None:
     if plate is None or isinstance(plate, DataPlate):
         return
@@ -115,6 +145,10 @@ def build(name: str | type[ZooModel], **options: Any) -> ZooModel:
     if not (isinstance(model.num_data, int) and model.num_data >= 1):
         raise _fail(f"model {cls.name!r}", f"num_data is {model.num_data!r}, not a count >= 1")
     _check_data_plate(f"model {cls.name!r}", model.data_plate)
+    if model.arviz is not None:
+        missing = [a for a in model.arviz.coords.values() if not hasattr(model, a)]
+        if missing:
+            raise _fail(f"model {cls.name!r}", f"arviz coords name no attribute: {missing}")
     return model
 
 
@@ -122,7 +156,7 @@ def initialised_guide(model: ZooModel, guide_name: str, seed: int = 0) -> Any:
     """The guide ``guide_name`` of ``model``, its parameters initialised (a fresh param store)."""
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
-    guide = prepare_guide(model.default_elbo, model.build_guide(guide_name))
+    guide = prepare_guide(model.estimators.default, model.build_guide(guide_name))
     with torch.no_grad():
         on_block(guide, model, None)()
     return guide
@@ -207,7 +241,9 @@ def check_outputs(result: Any) -> dict[str, Any]:
         for fig in figures.values():
             plt.close(fig)
     for stem, table in result.tables().items():
-        if not isinstance(table, pd.DataFrame):
-            raise _fail(where, f"table {stem!r} is a {type(table).__name__}, not a DataFrame")
+        if not isinstance(table, pd.DataFrame) and not is_anndata(table):
+            raise _fail(
+                where, f"table {stem!r} is a {type(table).__name__}, not a DataFrame or AnnData"
+            )
     json.dumps(finite_or_none(result.report()), default=str, allow_nan=False)
     return figures

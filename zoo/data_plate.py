@@ -39,17 +39,30 @@ class DataPlate:
     :param chunk_budget: (particle, data point) pairs per chunk of the diagnostics; None for the
         diagnostics' default. Lower it where one pair costs a network pass (an amortized
         decoder) rather than a few numbers.
+    :param dim: the plate's batch dim (-1 unless a model nests a plate inside it, as LDA's
+        words inside its documents).
     """
 
     name: str
     block_size: int | None = None
     chunk_budget: int | None = None
+    dim: int = -1
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"DataPlate name must be a non-empty string, not {self.name!r}")
         _check_size("block_size", self.block_size)
         _check_size("chunk_budget", self.chunk_budget)
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim > -1:
+            raise ValueError(f"DataPlate dim must be a negative int, not {self.dim!r}")
+
+    def plate(self, size: int, subsample_size: int | None = None) -> Any:
+        """``pyro.plate(name, size, subsample_size=..., dim=dim)``: the plate the model and
+        its autoguides both use (:meth:`ZooModel.create_plates
+        <zoo.model.ZooModel.create_plates>`)."""
+        import pyro  # torch-free to import: the registry's catalogue reads declarations
+
+        return pyro.plate(self.name, size, subsample_size=subsample_size, dim=self.dim)
 
     def with_sizes(self, *, block_size: Any = _UNSET, chunk_budget: Any = _UNSET) -> DataPlate:
         """A copy with ``block_size`` and/or ``chunk_budget`` replaced (the plate's name kept),

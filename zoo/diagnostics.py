@@ -31,7 +31,8 @@ import pyro.distributions as dist
 import torch
 from pyro.poutine.util import site_is_subsample
 
-from zoo.data_blocks import data_blocks, on_block
+from zoo.data_blocks import on_block
+from zoo.distributed import map_blocks
 from zoo.errors import ZooError
 from zoo.model import ZooModel
 from zoo.particles import vectorized_or_named
@@ -39,6 +40,11 @@ from zoo.psis import MIN_DRAWS, pareto_khat
 
 #: a particle chunk holds at most this many (particle, data point) pairs
 _CHUNK_BUDGET = 2_000_000
+#: the ``infer`` key that marks a model site drawing which terms of a sum a particle scores (a
+#: Rao-Blackwellised or stratified objective, as DDPM's one random step t per point): the
+#: per-particle log ratio is then an unbiased estimate of the ELBO but not an importance weight,
+#: so the diagnostics report no IWAE, no k-hat and no effective sample size
+RANDOM_TERM = "random_term"
 
 
 @dataclass
@@ -297,6 +303,7 @@ class _Chunk:
     analytic_sites: set[str]
     unpaired_sites: set[str]  # latents only in the guide (auxiliary) or only in the model
     is_bound: bool  # False when the guide is a point mass (no auxiliary latent, Delta sites)
+    weights: bool  # the log ratios are importance weights (a bound, no random term drawn)
     point_log_w: torch.Tensor | None  # (n, N) when ratios factorise over the data plate
 
 
@@ -343,8 +350,19 @@ def _evaluate_chunk(
         size = zoo_model.num_data if block is None else len(block)
         point_log_w = _point_log_weights(plate.name, size, model_trace, guide_trace, num, mpn)
     unpaired = q_sites.keys() ^ p_sites.keys()
+    is_bound = _is_bound(q_sites)
+    weights = is_bound and not (draws_random_term(model_trace) or draws_random_term(guide_trace))
     return _Chunk(
-        log_w, ell, kl_total, kl_by_site, analytic, unpaired, _is_bound(q_sites), point_log_w
+        log_w, ell, kl_total, kl_by_site, analytic, unpaired, is_bound, weights, point_log_w
+    )
+
+
+def draws_random_term(trace: Any) -> bool:
+    """Whether a program drew which terms a particle scores (a site marked
+    :data:`RANDOM_TERM`): its log ratios are then not importance weights. (A model replayed
+    on a guide's draws takes the guide's ``infer`` for the sites the guide drew: mark both.)"""
+    return any(
+        site["type"] == "sample" and site["infer"].get(RANDOM_TERM) for site in trace.nodes.values()
     )
 
 
@@ -425,6 +443,7 @@ class _Block:
     analytic_sites: set[str]
     unpaired_sites: set[str]
     is_bound: bool
+    weights: bool
     factorises: bool  # the ratios factorise over the data plate (per-point summaries below)
     iwae: float = math.nan  # sum over the block's points of log mean_s w_is
     iwae_var: float = math.nan  # sum of their squared standard errors
@@ -458,9 +477,10 @@ def _evaluate_block(
         analytic_sites=first.analytic_sites,
         unpaired_sites=first.unpaired_sites,
         is_bound=first.is_bound,
+        weights=first.weights,
         factorises=all(c.point_log_w is not None for c in chunks),
     )
-    if out.factorises and zoo_model.importance_weights:
+    if out.factorises and out.weights:
         point_log_w = cat([c.point_log_w for c in chunks])  # (num, size)
         iwae_i, se_i = iwae_with_se(point_log_w, 0)
         out.iwae, out.iwae_var = iwae_i.sum().item(), se_i.pow(2).sum().item()
@@ -473,10 +493,12 @@ def _blocks(
     zoo_model: ZooModel, guide: Callable, num_particles: int, *, khat: bool = False
 ) -> list[_Block]:
     """Every data block of ``zoo_model`` evaluated with ``num_particles`` particles."""
-    blocks = [
-        _evaluate_block(zoo_model, guide, num_particles, block, khat=khat)
-        for block in data_blocks(zoo_model)
-    ]
+    blocks = map_blocks(  # data-parallel: each rank its share of the blocks, gathered on all
+        zoo_model,
+        lambda block: _evaluate_block(zoo_model, guide, num_particles, block, khat=khat),
+        lambda b: b.factorises,
+        particles=num_particles,
+    )
     if len(blocks) > 1 and not all(b.factorises for b in blocks):
         raise ZooError(
             f"model {zoo_model.name!r} gives its data plate a block_size, but its log ratios "
@@ -522,7 +544,7 @@ def evaluate(
     ell_mean, ell_se = mean_with_se(ell)
     num = int(log_w.shape[0])
 
-    weights = zoo_model.importance_weights and first.is_bound
+    weights = first.weights
     ess = math.nan
     if not first.is_bound:
         iwae, iwae_se = math.nan, math.nan
@@ -593,12 +615,17 @@ def quick_terms(zoo_model: ZooModel, guide: Callable, num_particles: int) -> dic
     from the same particles ``iwae``, log mean_k w_k of the weights of all the latents jointly
     (a bound on log p(x) too, NaN where the ratios are not importance weights)."""
     num = max(2, num_particles)
-    chunks = [_evaluate_chunk(zoo_model, guide, num, block) for block in data_blocks(zoo_model)]
+    chunks = map_blocks(  # data-parallel: each rank its share of the blocks, gathered on all
+        zoo_model,
+        lambda block: _evaluate_chunk(zoo_model, guide, num, block),
+        lambda c: c.point_log_w is not None,
+        particles=num,
+    )
     terms = {
         key: sum(getattr(c, attr).mean().item() for c in chunks)
         for key, attr in (("elbo", "log_w"), ("expected_log_likelihood", "ell"), ("kl", "kl"))
     }
-    weights = zoo_model.importance_weights and all(c.is_bound for c in chunks)
+    weights = all(c.weights for c in chunks)
     joint = sum(c.log_w.double() for c in chunks)
     terms["iwae"] = log_mean_exp(joint).item() if weights else math.nan
     return terms

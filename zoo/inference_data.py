@@ -3,7 +3,7 @@
 ArviZ keeps the output of a Bayesian fit as named groups of labelled arrays, InferenceData
 (R. Kumar, C. Carroll, A. Hartikainen & O. Martin, "ArviZ a unified library for exploratory
 analysis of Bayesian models in Python", JOSS 4(33), 1143, 2019). For a model that sets
-``save_posterior_draws`` (see :mod:`zoo.model`) the runner draws S = :data:`NUM_DRAWS`
+an ``arviz`` declaration (:class:`zoo.declarations.ArviZ`) the runner draws S = :data:`NUM_DRAWS`
 independent samples z_s ~ q(z) from the fitted guide and :func:`posterior_draws` scores them
 under the model, all generically with Pyro's own machinery: the guide runs under a
 ``pyro.plate`` of draws and the model is replayed on its samples
@@ -30,7 +30,7 @@ the result into these groups, each variable named by its Pyro site:
     the observed values.
 
 A model names the dims of its sites and gives coordinate values (school names, feature names)
-with ``arviz_dims`` and ``arviz_coords`` (:class:`zoo.model.ZooModel`); a dim it does not name
+with its ``dims`` and ``coords`` (:class:`zoo.declarations.ArviZ`); a dim it does not name
 takes its plate's name, an event dim ArviZ's default (``<site>_dim_<k>``).
 
 ``arviz.loo`` treats the draws as draws from the posterior. They are exactly that for an exact
@@ -183,7 +183,8 @@ def _fold(
 
 
 def _site_dims(zoo_model: ZooModel, name: str, frames: list[Any]) -> tuple[str, ...]:
-    return tuple(zoo_model.arviz_dims.get(name, tuple(f.name for f in frames)))
+    named = zoo_model.arviz.dims if zoo_model.arviz is not None else {}
+    return tuple(named.get(name, tuple(f.name for f in frames)))
 
 
 def _is_bound(guide_trace: Any) -> bool:
@@ -242,7 +243,11 @@ def posterior_draws(
         else:
             continue
         dims[name] = _site_dims(zoo_model, name, frames)
-    weights = zoo_model.importance_weights and _is_bound(guide_trace)
+    from zoo.diagnostics import draws_random_term
+
+    weights = _is_bound(guide_trace) and not (
+        draws_random_term(model_trace) or draws_random_term(guide_trace)
+    )
     khat = math.nan
     if weights and num_draws >= MIN_DRAWS and bool(torch.isfinite(log_weight).all()):
         khat = pareto_khat(log_weight)
@@ -253,7 +258,7 @@ def posterior_draws(
         log_likelihood=log_lik,
         observed=observed,
         dims=dims,
-        coords={k: list(v) for k, v in zoo_model.arviz_coords().items()},
+        coords=zoo_model.arviz.coordinates(zoo_model) if zoo_model.arviz is not None else {},
         khat=float(khat),
     )
 

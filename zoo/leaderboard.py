@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from zoo.declarations import elbo_for
 from zoo.errors import ZooError, first_line
 from zoo.outputs import default_run_dir
 from zoo.registry import get_model, model_names
@@ -186,11 +187,7 @@ def _failed_row(name: str, overrides: Mapping[str, Any], exc: Exception) -> dict
     cls = get_model(name)
     guide = overrides.get("guide") or cls.default_guide
     method = overrides.get("method", "svi")
-    training = (
-        method
-        if method != "svi"
-        else f"svi/{overrides.get('elbo') or cls.elbo_for_guide.get(guide, cls.default_elbo)}"
-    )
+    training = method if method != "svi" else f"svi/{overrides.get('elbo') or elbo_for(cls, guide)}"
     return {
         "model": name,
         "guide": guide,

@@ -19,50 +19,53 @@ Mandatory: without these nothing runs
   write ``(w * X).sum(-1)``, not ``X @ w``. The contract checks it by scoring the same
   particles vectorized and one at a time (:mod:`zoo.particles`), and names the model if not;
 - ``guides`` and ``default_guide``: the guides it accepts, named from
-  :data:`guides.VOCABULARY` (one name, one family, in every model). Names in
-  :data:`guides.FAMILIES` are built generically; a model adds its own (``exact``) by
-  overriding :meth:`build_guide`. Every hook that concerns a guide receives its name with it.
+  :data:`guides.VOCABULARY` (one name, one family, in every model): a tuple of names, or a
+  mapping of name to :class:`~zoo.declarations.Guide` where a guide has its own estimator,
+  training or closed-form local step. Names in :data:`guides.FAMILIES` are built generically;
+  a model adds its own (``exact``) by overriding :meth:`build_guide`. Every hook that concerns
+  a guide receives its name with it.
 
 Recommended: what makes the zoo's reports worth reading
 -------------------------------------------------------
 - :meth:`log_evidence`: the exact log evidence at the current parameters (closed form,
   quadrature, transfer matrix), never an estimate: it is what the ELBO is measured against;
-- :meth:`exact_elbo`, :meth:`best_elbo` and :meth:`max_log_evidence`: the fitted guide's ELBO
-  free of Monte Carlo error, the best its family can reach, the maximum over theta; each
-  report puts the shortfall from them beside the gap;
+- :meth:`exact_elbo`, :meth:`best_elbo` and :meth:`max_log_evidence` (with its
+  ``maximum_label``): the fitted guide's ELBO free of Monte Carlo error, the best its family
+  can reach, the maximum over theta; each report puts the shortfall from them beside the gap;
 - :meth:`summary`, :meth:`plots` and :meth:`tables`: the fitted quantities, the model's own
   figures and tables (the latter two read a :class:`~zoo.run_view.RunView`);
 - ``options`` (:class:`~zoo.options.Option`: the command-line flags), ``smoke_options`` (the
   smallest run that exercises everything: the contract and command-line smoke tests use it)
-  and ``training`` (:class:`Training` defaults: steps, learning rate).
+  and ``training`` (:class:`~zoo.declarations.Training` defaults: steps, learning rate).
 
 Optional: where the model has the maths or the data for it
 ----------------------------------------------------------
-- closed-form training: :meth:`closed_form_step` (one EM or CAVI sweep), its
-  ``closed_form_name``, and ``default_method = "closed-form"`` where users expect it; SVI
-  with closed-form local factors: :meth:`local_step` for the guides in
-  ``local_step_guides``;
-- estimators: ``estimators`` (the ``--elbo`` choices), ``default_elbo`` and
-  ``elbo_for_guide``; ``importance_weights = False`` where the per-particle log ratios are not
-  importance weights (no IWAE, no k-hat);
-- mini-batching: ``data_plate``, a :class:`~zoo.data_plate.DataPlate` (the plate of per-point
-  latents: its name, and the block size and chunk budget of passes over all the data a block
-  at a time: :mod:`zoo.data_blocks`), :meth:`create_plates` (for autoguides);
+Each concern is one declared value (:mod:`zoo.declarations`) or one hook:
+
+- ``estimators``: the ``--elbo`` choices and the default (:class:`~zoo.declarations.Estimators`);
+- ``closed_form`` (:class:`~zoo.declarations.ClosedForm`: its name, whether it is the default)
+  with :meth:`closed_form_step` (one EM or CAVI sweep);
+- ``data_plate``, a :class:`~zoo.data_plate.DataPlate` (the plate of per-point latents: its
+  name and dim, the block size and chunk budget of passes over all the data: mini-batches,
+  :mod:`zoo.data_blocks`; :meth:`create_plates` builds it for the model and its autoguides);
   ``max_plate_nesting``;
-- schedules: :meth:`on_step` (an annealed temperature follows the run);
-- ArviZ: ``save_posterior_draws`` with ``arviz_dims`` and :meth:`arviz_coords`, where the
-  latent is a parameter vector (:mod:`zoo.inference_data`);
-- held-out data: ``held_out`` (a split of the data, the same kind of value) and
-  :meth:`on_held_out` (the same model, guide and parameters on it): the history then records
-  the held-out ELBO per point beside the training one, where over-fitting shows;
-- ``data_help`` (what ``--data PATH`` accepts), ``leaderboard`` (the runs of
-  ``zoo.run all``), ``training_for_guide``, ``maximum_label``.
+- :meth:`on_step`: the model's own schedule (an annealed temperature) follows the run;
+- ``arviz`` (:class:`~zoo.declarations.ArviZ`: dims and coordinates) where the latent is a
+  parameter vector: posterior draws for ArviZ (:mod:`zoo.inference_data`);
+- ``held_out`` (a split of the data, the same kind of value) with :meth:`on_held_out` (the
+  same model, guide and parameters on it): the history then records the held-out ELBO per
+  point beside the training one, where over-fitting shows;
+- ``data_help`` (what ``--data PATH`` accepts), ``leaderboard`` (the runs of ``zoo.run all``).
+
+Where a model's per-particle log ratios are not importance weights (an objective that scores
+one random term of a sum per particle), the site that draws the term is marked, in the model
+and the guide, with :data:`zoo.diagnostics.RANDOM_TERM`: the diagnostics then report no IWAE
+and no k-hat.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -70,6 +73,14 @@ import numpy as np
 import torch
 
 from zoo.data_plate import DataPlate
+from zoo.declarations import (
+    ArviZ,
+    ClosedForm,
+    Estimators,
+    Guide,
+    Training,
+    as_guides,
+)
 from zoo.errors import ZooError, first_line
 from zoo.options import (  # noqa: F401  (the option types, importable from here as before)
     SEED_LIMIT,
@@ -90,27 +101,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from zoo.run_view import RunView
 
 
-@dataclass(frozen=True)
-class Training:
-    """Default training settings of a model; every field can be overridden per run."""
-
-    steps: int = 2000
-    lr: float = 0.01
-    quick_steps: int = 200
-    #: learning rate at the last step as a fraction of ``lr`` (exponential decay in between)
-    lr_final_factor: float = 1.0
-    particles: int = 1
-    batch_size: int | None = None
-    #: number of closed-form (EM / CAVI) iterations when ``method="closed-form"``
-    closed_form_steps: int = 100
-    #: history rows per SVI run (one every ``steps // records`` steps); fewer where a record
-    #: is costly (it scores ``trace_particles`` particles of every data point)
-    records: int = 200
-    #: KL warm-up over this fraction of the SVI steps unless a run sets ``kl_warmup`` (the
-    #: amortized models' practice: Bowman et al. 2016; Sønderby et al. 2016)
-    kl_warmup_fraction: float = 0.0
-
-
 class ZooModel:
     """Base class of every zoo model. See the module docstring for the contract."""
 
@@ -120,21 +110,13 @@ class ZooModel:
     reference: ClassVar[str]
 
     options: ClassVar[tuple[Option, ...]] = ()
-    guides: ClassVar[tuple[str, ...]] = ("mean-field",)
+    #: the guides it accepts, by name (:data:`guides.VOCABULARY`), each with what is particular
+    #: to it (:class:`~zoo.declarations.Guide`); a tuple of names where nothing is
+    guides: ClassVar[Mapping[str, Guide]] = {"mean-field": Guide()}
     default_guide: ClassVar[str] = "mean-field"
-    #: estimator used unless the run names another; see :data:`zoo.estimators.ESTIMATORS`
-    default_elbo: ClassVar[str] = "trace"
-    #: a better estimator for a particular guide, e.g. ``{"mean-field": "meanfield"}``
-    elbo_for_guide: ClassVar[dict[str, str]] = {}
-    #: the estimators that apply to this model (names in :data:`zoo.estimators.ESTIMATORS`):
-    #: the command line's ``--elbo`` choices and what :func:`zoo.fit` accepts. The default
-    #: suits continuous latents with reparameterised guides; a model with discrete latents
-    #: drops ``meanfield`` (it needs reparameterised, mean-field guides) and adds ``enum``
-    #: where its discrete sites can be enumerated. ``iwae`` needs 2 or more particles.
-    estimators: ClassVar[tuple[str, ...]] = ("trace", "meanfield", "graph", "iwae")
+    #: the ``--elbo`` choices and the default (:class:`~zoo.declarations.Estimators`)
+    estimators: ClassVar[Estimators] = Estimators()
     training: ClassVar[Training] = Training()
-    #: settings for particular guides, e.g. ``{"exact": Training(steps=200)}``
-    training_for_guide: ClassVar[dict[str, Training]] = {}
     max_plate_nesting: ClassVar[int] = 1
     #: the plate over data points, when each point has latents of its own (local latents): its
     #: name (mini-batches, per-point importance weights in the diagnostics), the data points per
@@ -143,27 +125,14 @@ class ZooModel:
     #: model that sizes its passes per instance sets ``self.data_plate`` in :meth:`setup`
     #: (:meth:`DataPlate.with_sizes <zoo.data_plate.DataPlate.with_sizes>`)
     data_plate: ClassVar[DataPlate | None] = None
-    #: False where the per-particle log ratio log p(x, z) - log q(z) is an unbiased estimate of
-    #: the ELBO but not an importance weight (a Rao-Blackwellised bound that scores one random
-    #: term per particle): the diagnostics then report no IWAE and no k-hat
-    importance_weights: ClassVar[bool] = True
-    #: guides whose local factors have a closed-form optimum given everything else: SVI runs
-    #: with them apply :meth:`local_step` around every gradient step unless told not to
-    local_step_guides: ClassVar[tuple[str, ...]] = ()
-    #: how a run trains unless told otherwise: "svi", or "closed-form" where the closed-form
-    #: updates are what users of the model expect (variational EM for LDA)
-    default_method: ClassVar[str] = "svi"
-    #: what a closed-form coordinate-ascent step is called for this model ("EM", "CAVI")
-    closed_form_name: ClassVar[str | None] = None
+    #: the model's closed-form coordinate ascent (:class:`~zoo.declarations.ClosedForm`), with
+    #: :meth:`closed_form_step`; None where it has none
+    closed_form: ClassVar[ClosedForm | None] = None
     #: runs shown on the leaderboard of ``python -m zoo.run all``: overrides of the defaults
     leaderboard: ClassVar[tuple[dict[str, Any], ...]] = ({},)
-    #: latents are a parameter vector (not one per data point): save posterior draws for ArviZ
-    #: (``posterior.nc``, :meth:`FitResult.to_inference_data`; see :mod:`zoo.inference_data`)
-    save_posterior_draws: ClassVar[bool] = False
-    #: ArviZ dim names of the model's sites (latent and observed), the dims after (chain,
-    #: draw), plate dims first: ``{"theta": ("school",), "y": ("school",)}``. A site left out
-    #: takes its plates' names; unnamed event dims get ArviZ's ``<site>_dim_<k>``
-    arviz_dims: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: posterior draws for ArviZ (:class:`~zoo.declarations.ArviZ`), where the latent is a
+    #: parameter vector (not one per data point); None: none saved
+    arviz: ClassVar[ArviZ | None] = None
     #: what ``--data PATH`` accepts, when the model reads the user's own data file
     data_help: ClassVar[str | None] = None
     #: options for the smallest run that still exercises everything (a small lattice, a few
@@ -175,6 +144,11 @@ class ZooModel:
     held_out: Any = None
 
     num_data: int
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "guides" in cls.__dict__:  # one form for every model: a mapping of name to Guide
+            cls.guides = as_guides(cls.__dict__["guides"])
 
     def __init__(self, data: Any = None, *, device: str = "cpu", **options: Any) -> None:
         self.device = torch.device(device)
@@ -209,8 +183,11 @@ class ZooModel:
 
     # -- guides -------------------------------------------------------------------------------
     def create_plates(self, subsample_size: int | None = None) -> Any:
-        """The data plate(s), for autoguides of models that mini-batch; None otherwise."""
-        return None
+        """The data plate (:meth:`DataPlate.plate <zoo.data_plate.DataPlate.plate>`), for the
+        model and its autoguides; None where the model has no data plate."""
+        if self.data_plate is None:
+            return None
+        return self.data_plate.plate(self.num_data, subsample_size)
 
     def build_guide(self, name: str) -> Callable[..., Any]:
         """Build the guide called ``name``; families from :mod:`guides` by default."""
@@ -224,11 +201,6 @@ class ZooModel:
         return make_guide(name, self.model, create_plates=plates)
 
     # -- what is known exactly ----------------------------------------------------------------
-    @classmethod
-    def training_settings(cls, guide: str) -> Training:
-        """The default training settings of ``guide`` (the model's unless it names others)."""
-        return cls.training_for_guide.get(guide, cls.training)
-
     @classmethod
     def has_exact_evidence(cls) -> bool:
         return cls.log_evidence is not ZooModel.log_evidence
@@ -257,10 +229,6 @@ class ZooModel:
         return None
 
     # -- optional closed-form training ---------------------------------------------------------
-    @classmethod
-    def has_closed_form(cls) -> bool:
-        return cls.closed_form_step is not ZooModel.closed_form_step
-
     def closed_form_step(self, guide: Callable[..., Any], guide_name: str) -> float | None:
         """One closed-form coordinate-ascent update of the param store (EM, CAVI).
 
@@ -268,20 +236,6 @@ class ZooModel:
         records it as ``train_elbo``, so monotone ascent can be checked exactly), else None.
         """
         raise ZooError(f"model {self.name!r} has no closed-form updates")
-
-    def local_step(self, guide: Callable[..., Any], guide_name: str) -> None:
-        """Set the guide's local factors to their optimum given the current parameters.
-
-        The local step of stochastic variational inference (Hoffman, Blei, Wang & Paisley,
-        JMLR 14 (2013) 1303-1347, §3 and Figure 4): in a conditionally conjugate model the
-        factor of each data point's latent has a closed-form optimum, so the gradient steps
-        only have to move what has none (here the model's parameters theta). At that optimum
-        the gradient of the ELBO in theta is the gradient of log p(x | theta) itself
-        (Neal & Hinton 1998), so theta no longer waits for the guide to follow it. The runner
-        calls it before the first SVI step and after every step, for the guides named in
-        :attr:`local_step_guides`.
-        """
-        raise ZooError(f"model {self.name!r} has no closed-form local step")
 
     # -- optional schedules -------------------------------------------------------------------
     def on_step(self, step: int, total: int) -> None:
@@ -303,11 +257,6 @@ class ZooModel:
 
         The outputs layer saves them as ``<stem>.png``; the docs gallery shows them inline.
         """
-        return {}
-
-    def arviz_coords(self) -> dict[str, list[Any]]:
-        """Coordinate values of the dims named in :attr:`arviz_dims`, by dim (school names,
-        feature names); a dim left out is numbered 0, 1, ..."""
         return {}
 
     # -- helpers for subclasses ----------------------------------------------------------------

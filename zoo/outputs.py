@@ -1,7 +1,8 @@
 """Writing a run to disk: ``runs/<model>/<run-id>/``, and never losing one.
 
 ``history.csv`` (step, ELBO, its two halves, exact log evidence, gap, seconds), the PNG figures,
-ArviZ posterior draws where the latent is a parameter vector (``posterior.nc``), and last of all
+a model's tables (a data frame as ``<stem>.csv``, an ``AnnData`` as ``<stem>.h5ad``), ArviZ
+posterior draws where the latent is a parameter vector (``posterior.nc``), and last of all
 ``report.json``. The report is written atomically after everything else, so a directory
 without one is an unfinished (or resumable) run, never a valid-looking partial result.
 
@@ -28,6 +29,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -119,6 +121,29 @@ def netcdf_bytes(data: Any) -> bytes:
     return buffer.getvalue()
 
 
+def is_anndata(value: Any) -> bool:
+    """Whether ``value`` is an ``anndata.AnnData`` (checked without importing anndata: such
+    an object exists only once anndata is imported)."""
+    module = sys.modules.get("anndata")
+    return module is not None and isinstance(value, module.AnnData)
+
+
+def h5ad_bytes(adata: Any) -> bytes:
+    """An ``AnnData`` as the bytes of an ``.h5ad`` file, rendered in memory (h5py on a
+    buffer, anndata's own element writer) like :func:`netcdf_bytes`."""
+    import h5py
+
+    try:
+        from anndata.io import write_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import write_elem
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        write_elem(f, "/", adata)
+    return buffer.getvalue()
+
+
 def save_run(result: FitResult, run_dir: Path) -> Path:
     """Write ``result``'s outputs into ``run_dir``; ``report.json`` last.
 
@@ -152,8 +177,12 @@ def save_run(result: FitResult, run_dir: Path) -> Path:
         for fig in figures.values():
             plt.close(fig)
     for stem, table in result.tables().items():
-        path = run_dir / f"{stem}.csv"
-        write_atomic(path, table.to_csv(index=False).encode())
+        if is_anndata(table):  # an AnnData table: <stem>.h5ad
+            path = run_dir / f"{stem}.h5ad"
+            write_atomic(path, h5ad_bytes(table))
+        else:
+            path = run_dir / f"{stem}.csv"
+            write_atomic(path, table.to_csv(index=False).encode())
         files.append(path)
     if result.posterior_draws:
         path = run_dir / "posterior.nc"

@@ -23,7 +23,7 @@ from zoo.diagnostics import Diagnostics
 from zoo.errors import ZooError
 from zoo.model import ZooModel
 from zoo.run_view import RunView
-from zoo.settings import METHODS, SETTINGS  # noqa: F401  (METHODS re-exported)
+from zoo.settings import _REQUIRED, BY_NAME, METHODS, SETTINGS  # noqa: F401  (METHODS re-exported)
 
 
 class _RunConfigMethods:
@@ -49,6 +49,9 @@ class _RunConfigMethods:
         if unknown:
             raise ZooError(f"{source}: unknown field {unknown[0]!r}")
         for f in fields(cls):
+            stored = BY_NAME[f.name].stored_default if f.name in BY_NAME else _REQUIRED
+            if f.name not in values and stored is not _REQUIRED:
+                values[f.name] = stored  # a setting added after the file was written
             if f.name not in values:
                 hint = " (its data provenance: a run written before it was recorded)"
                 raise ZooError(
@@ -232,6 +235,10 @@ class FitResult:
     posterior_draws: Mapping[str, torch.Tensor] | None = None
     #: where :func:`zoo.fit` or :func:`zoo.resume` wrote this run whole (None: nowhere)
     run_dir: Path | None = None
+    #: what became of the ``compile`` setting (:mod:`zoo.compiled`): ``{"compiled": True,
+    #: "build_seconds": ...}`` (the build is in ``seconds``) or ``{"compiled": False, "why":
+    #: ...}``; None where the run did not ask for it
+    compiled: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         d = self.diagnostics
@@ -284,9 +291,10 @@ class FitResult:
     @property
     def method_label(self) -> str:
         if self.config.method == "closed-form":
-            return self.model.closed_form_name or "closed-form"
+            return self.model.closed_form.name if self.model.closed_form else "closed-form"
         local = ", closed-form local steps" if self.config.local_steps else ""
-        return f"SVI ({self.config.elbo}{local})"
+        compiled = ", compiled" if self.compiled is not None and self.compiled["compiled"] else ""
+        return f"SVI ({self.config.elbo}{local}{compiled})"
 
     def report(self) -> dict[str, Any]:
         """The run's report, as written to ``report.json``."""
@@ -294,6 +302,7 @@ class FitResult:
             "model": self.model.describe(),
             "config": asdict(self.config),
             "training": self.method_label,
+            "compiled": self.compiled,
             "seconds": self.seconds,
             "diagnostics": self.diagnostics.as_dict(),
             "summary": self.summary,
@@ -335,6 +344,7 @@ class FitResult:
             diagnostics=self.diagnostics,
             summary=self.summary,
             param_state=self.param_state,
+            record_particles=self.config.trace_particles,
         )
 
     def figures(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from zoo.config_file import RUN_CONFIG, parser_defaults, read_config_file, to_toml
+from zoo.distributed import launched_rank, launched_world, settle, silenced_unless_main
 from zoo.errors import ZooError, first_line
 from zoo.live_logs import MLflowLogger, RunFile, RunLogger, TensorBoardLogger, logging_to
 from zoo.memory import memory_guard, out_of_memory
@@ -244,8 +245,9 @@ def _config_record(args: argparse.Namespace) -> RunFile:
 
 
 def _tensorboard(root: Path | None, model: str, run_dir: Path) -> list[RunLogger]:
-    """--tensorboard DIR: a logger writing to DIR/<model>/<run-id> (none without the flag)."""
-    if root is None:
+    """--tensorboard DIR: a logger writing to DIR/<model>/<run-id> (none without the flag; on
+    rank 0 alone of a data-parallel run)."""
+    if root is None or launched_rank() > 0:
         return []
     return [TensorBoardLogger(root / model / Path(run_dir).resolve().name)]
 
@@ -304,6 +306,11 @@ def format_result(result: FitResult, run_dir: Path | None = None) -> str:
         lines.append(f"  {label:<28}{value:>14.{decimals}f}")
     lines.extend(f"  {note}" for note in notes if note.startswith("warning"))
     lines.append(f"  {'seconds':<28}{result.seconds:>14.2f}")
+    if result.compiled is not None and result.compiled["compiled"]:
+        build = result.compiled["build_seconds"]
+        lines.append(f"  {'of which compiling the step':<28}{build:>14.2f}")
+    elif result.compiled is not None:
+        lines.append(f"  note: trained eagerly, not compiled: {result.compiled['why']}")
     if run_dir is not None:
         lines.append(f"  outputs in {run_dir}")
     return "\n".join(lines)
@@ -343,6 +350,9 @@ def _run_model(args: argparse.Namespace) -> None:
         return
     options = {opt.name: getattr(args, opt.name) for opt in cls.options}
     options = {k: v for k, v in options.items() if v is not None}
+    if launched_rank() > 0:  # data-parallel (torchrun): rank 0 writes the run and reports it
+        _fit_model(args, cls, None, options)
+        return
     created: list[Path] = []  # what a failure removes: a default run directory and its parents
     run_dir = args.run_dir
     if run_dir is None:
@@ -366,7 +376,7 @@ def _run_model(args: argparse.Namespace) -> None:
 
 
 def _fit_model(
-    args: argparse.Namespace, cls: type[ZooModel], run_dir: Path, options: dict[str, Any]
+    args: argparse.Namespace, cls: type[ZooModel], run_dir: Path | None, options: dict[str, Any]
 ) -> FitResult:
     """:func:`zoo.fit` with the command line's settings."""
     from zoo.runner import fit
@@ -478,6 +488,14 @@ def _linalg_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; under ``torchrun`` only rank 0 prints (:mod:`zoo.distributed`)."""
+    with silenced_unless_main():
+        code = _main(argv)
+    settle(code)  # a failing data-parallel job: rank 0 prints its error before torchrun stops it
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     warnings.formatwarning = _one_line_warning
     parser = build_parser(only=_named_models(argv))
@@ -496,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "all":
             from zoo.leaderboard import run_all
 
+            if launched_world() > 1:
+                raise ZooError("all runs the models one by one on one process, not under torchrun")
             _set_threads(args.threads)
             with _memory_guard(args):
                 table = run_all(

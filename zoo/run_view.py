@@ -38,6 +38,8 @@ class RunView:
     summary: dict[str, Any] = field(default_factory=dict)
     #: the fitted param store (``{"params": ..., "constraints": ...}``)
     param_state: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: the particles each history row's ELBO and IWAE came from (``trace_particles``)
+    record_particles: int = 16
 
     @contextmanager
     def active(self) -> Iterator[RunView]:

@@ -11,7 +11,7 @@ where it has one, then hands the result to the diagnostics. It knows nothing mod
   over all the data a block of points at a time where the model's data plate has a
   ``block_size`` (:mod:`zoo.data_blocks`);
 - the model's closed-form local step (CAVI for the factors of local latents) after every SVI
-  step, where it has one for the guide (:meth:`ZooModel.local_step`);
+  step, where the guide has one (:class:`~zoo.declarations.Guide`);
 - Adam with gradient clipping and an exponential learning-rate decay (``lr_final_factor``);
 - a history row every ``record_every`` steps: the ELBO and its two halves from a few particles,
   and the exact log evidence and gap where the model knows them;
@@ -45,6 +45,7 @@ from pyro.optim.clipped_adam import ClippedAdam as _TorchClippedAdam
 from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
+from zoo import distributed
 from zoo.annealing import LatentScale, warmup_weight
 from zoo.data_blocks import data_blocks, on_block
 from zoo.diagnostics import evaluate, quick_terms
@@ -64,7 +65,7 @@ from zoo.registry import get_model
 from zoo.results import FitResult, RunConfig
 from zoo.run_files import CHECKPOINT, CONFIG, REPORT, RESUME_COMMAND
 from zoo.settings import BY_NAME, SETTINGS, resolve, with_settings
-from zoo.steppers import local_step, make_stepper
+from zoo.steppers import compile_status, local_step, make_stepper
 from zoo.stored_runs import (
     data_provenance,
     read_checkpoint,
@@ -104,13 +105,14 @@ def fit(
     on one thread, especially when other work shares the cores. ``kl_warmup`` ramps the
     weight of the latent sites linearly from 0 to 1 over that many steps (KL annealing); the
     history and the diagnostics always report the ELBO at weight 1. ``local_steps`` applies
-    the model's closed-form local step around every SVI step (:meth:`ZooModel.local_step`);
+    the guide's closed-form local step around every SVI step (:class:`~zoo.declarations.Guide`);
     None: wherever the model has one for the guide.
     """
     settings = {k: v for k, v in settings_and_options.items() if k in BY_NAME}
     options = {k: v for k, v in settings_and_options.items() if k not in BY_NAME}
     device = BY_NAME["device"].check(settings.get("device") or "cpu")
     _check_device(device)
+    distributed.setup()  # under torchrun: join the job's process group (zoo.distributed)
     if threads is not None:
         torch.set_num_threads(_checked(thread_count, threads, "threads"))
     if isinstance(model, ZooModel):
@@ -121,10 +123,9 @@ def fit(
         zoo_model = get_model(model)(data, device=device, **options)
     config = _make_config(zoo_model, data, settings)
     config.data = data_provenance(data, model if isinstance(model, ZooModel) else None)
-    if run_dir is None:
+    directory = distributed.main_first(lambda: _locked(run_dir, overwrite=overwrite))
+    if directory is None:  # no run directory (or a data-parallel rank other than 0: rank 0 writes)
         return _Trainer(zoo_model, config, None).run(progress)
-    directory = RunDirectory(run_dir, overwrite=overwrite)
-    directory.lock()
     return _run_in(directory, zoo_model, config, progress)
 
 
@@ -144,14 +145,28 @@ def resume(
     fitted on in-memory data or the file has moved; its sha256 must match. A finished run
     (with ``report.json``) is continued beside itself and replaces itself only on success.
     """
-    directory = RunDirectory(run_dir, resume=True)
-    directory.lock()
+    distributed.setup()  # under torchrun: join the job's process group (zoo.distributed)
+    directory = distributed.main_first(lambda: _locked(run_dir, resume=True))
     try:
-        loaded = load_run(directory.target, steps=steps, data=data)
+        target = Path(run_dir) if directory is None else directory.target
+        loaded = load_run(target, steps=steps, data=data)
     except BaseException:
-        directory.release()
+        if directory is not None:
+            directory.release()
         raise
+    if directory is None:  # a data-parallel rank other than 0: rank 0 writes the run
+        return _Trainer(loaded.model, loaded.config, None).run(progress, loaded.checkpoint)
     return _run_in(directory, loaded.model, loaded.config, progress, loaded.checkpoint)
+
+
+def _locked(run_dir: str | Path | None, **kwargs: bool) -> RunDirectory | None:
+    """``run_dir`` as a locked :class:`RunDirectory` (see :class:`RunDirectory` for
+    ``overwrite`` and ``resume``); None for None."""
+    if run_dir is None:
+        return None
+    directory = RunDirectory(run_dir, **kwargs)
+    directory.lock()
+    return directory
 
 
 # -- run directories ----------------------------------------------------------------------------
@@ -415,7 +430,8 @@ class _Trainer:
                 cfg.elbo, particles=cfg.particles, max_plate_nesting=self.model.max_plate_nesting
             )
             train_model, train_guide = self.model.model, prepare_guide(cfg.elbo, guide)
-            if cfg.batch_size is not None:  # mini-batches in O(batch), not randperm(N)
+            # mini-batches in O(batch), not randperm(N) (data-parallel: zoo.distributed's shards)
+            if cfg.batch_size is not None and not distributed.active():
                 train_model = FastSubsample()(train_model)
                 train_guide = FastSubsample()(train_guide)
             if cfg.kl_warmup:
@@ -428,6 +444,7 @@ class _Trainer:
         with torch.no_grad():
             guide_trace = poutine.trace(on_block(guide, self.model, block)).get_trace()
             poutine.replay(on_block(self.model.model, self.model, block), trace=guide_trace)()
+        svi = distributed.data_parallel(svi, self.model, guide, cfg)  # as is without torchrun
         return guide, svi, optim
 
     def _restore(self, checkpoint: dict[str, Any], optim) -> int:
@@ -528,8 +545,8 @@ class _Trainer:
         start = 0 if checkpoint is None else self._restore(checkpoint, optim)
         self.live = LiveLogs(self.run_dir)
         self.live.start(start, self.history)  # a resumed run: history.csv as its checkpoint's
-        if progress is None:
-            progress = sys.stderr.isatty()
+        if progress is None:  # (data-parallel: rank 0 alone shows one)
+            progress = sys.stderr.isatty() and distributed.is_main()
         if start == 0:
             if cfg.local_steps:
                 local_step(self.model, guide, cfg.guide)
@@ -585,6 +602,7 @@ class _Trainer:
             param_state=param_state,
             summary=self.model.summary(guide, cfg.guide),
             posterior_draws=self._posterior_draws(guide),
+            compiled=compile_status(stepper),
         )
 
     def _check_divergence(self) -> None:
@@ -630,7 +648,7 @@ class _Trainer:
     def _posterior_draws(self, guide) -> Any:
         """A :class:`~zoo.inference_data.PosteriorDraws`: draws from the fitted guide, scored
         under the model, for ArviZ. None unless the model's latent is a parameter vector."""
-        if not self.model.save_posterior_draws:
+        if self.model.arviz is None:
             return None
         from zoo.inference_data import NUM_DRAWS, posterior_draws
 

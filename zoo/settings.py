@@ -26,6 +26,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from zoo.declarations import (
+    default_method,
+    elbo_for,
+    local_step_for,
+    local_step_guides,
+    training_for,
+)
 from zoo.errors import ZooError
 from zoo.options import (
     MAX_EVAL_PARTICLES,
@@ -39,7 +46,8 @@ from zoo.options import (
 from zoo.psis import MIN_DRAWS
 
 if TYPE_CHECKING:
-    from zoo.model import Training, ZooModel
+    from zoo.declarations import Training
+    from zoo.model import ZooModel
 
 #: how a run trains: SVI, or the model's closed-form coordinate ascent (EM, CAVI)
 METHODS = ("svi", "closed-form")
@@ -102,7 +110,7 @@ class Resolution:
     @property
     def training(self) -> Training:
         """The model's training defaults for the guide already settled."""
-        return self.model.training_settings(self.values["guide"])
+        return training_for(self.model, self.values["guide"])
 
     @property
     def svi(self) -> bool:
@@ -111,6 +119,15 @@ class Resolution:
 
 def _always(cls: type[ZooModel]) -> bool:
     return True
+
+
+#: a setting that every ``config.json`` must hold
+_REQUIRED: Any = object()
+#: the estimators whose loss :mod:`zoo.compiled` rebuilds and compiles
+COMPILED_ESTIMATORS = ("trace", "meanfield")
+#: runs of this many SVI steps or more compile by default: the build (5-30 s on two cores)
+#: then costs less than the steps it speeds up (benchmarks/README.md)
+COMPILE_MIN_STEPS = 2000
 
 
 @dataclass(frozen=True)
@@ -140,6 +157,9 @@ class Setting:
     metavar: str | None = None
     #: models whose command line offers the flag
     applies: Callable[[type[ZooModel]], bool] = _always
+    #: the value of a ``config.json`` written before the setting existed (absent: none, such a
+    #: file is refused as incomplete)
+    stored_default: Any = _REQUIRED
     #: the command line's choices for a model class
     choices: Callable[[type[ZooModel]], Sequence[str]] | None = None
     #: the default a model class gives the setting, for ``--help``
@@ -203,19 +223,19 @@ def _guide(value: str | None, r: Resolution) -> str:
 
 
 def _method(value: str | None, r: Resolution) -> str:
-    method = value or r.model.default_method
-    if method == "closed-form" and not r.model.has_closed_form():
+    method = value or default_method(r.model)
+    if method == "closed-form" and r.model.closed_form is None:
         raise ZooError(f"model {r.model.name!r} has no closed-form updates; use --method svi")
     return method
 
 
 def _elbo(value: str | None, r: Resolution) -> str:
     m = r.model
-    elbo = value or m.elbo_for_guide.get(r.values["guide"], m.default_elbo)
-    if elbo not in m.estimators:
+    elbo = value or elbo_for(m, r.values["guide"])
+    if elbo not in m.estimators.choices:
         raise ZooError(
             f"estimator {elbo!r} does not apply to model {m.name!r}; "
-            f"choose from {', '.join(m.estimators)}"
+            f"choose from {', '.join(m.estimators.choices)}"
         )
     return elbo
 
@@ -292,20 +312,45 @@ def _warmup_shown(cls: type[ZooModel]) -> str | int:
 
 def _local_steps(value: bool | None, r: Resolution) -> bool:
     guide = r.values["guide"]
-    has_local = r.svi and guide in r.model.local_step_guides
+    has_local = r.svi and local_step_for(r.model, guide) is not None
     if value and not has_local:
         where = f"guide {guide!r}" if r.svi else f"method {r.values['method']!r}"
         raise ZooError(f"model {r.model.name!r} has no closed-form local step for {where}")
     return has_local if value is None else bool(value)
 
 
+def _not_compiled(r: Resolution) -> str | None:
+    """Why a run cannot train through the compiled graph (:mod:`zoo.compiled`), or None."""
+    from zoo.model import ZooModel  # torch: imported when a run is settled, not for --help
+
+    model = r.model if isinstance(r.model, type) else type(r.model)
+    if not r.svi:
+        return "closed-form training makes no gradient steps"
+    if r.values["elbo"] not in COMPILED_ESTIMATORS:
+        return f"the {r.values['elbo']!r} estimator is not compiled (trace and meanfield are)"
+    if r.values["local_steps"]:
+        return "closed-form local steps change the guide between gradient steps"
+    if model.on_step is not ZooModel.on_step:
+        return f"model {model.name!r} changes with the step (its own schedule)"
+    return None
+
+
+def _compile(value: bool | None, r: Resolution) -> bool:
+    reason = _not_compiled(r)
+    if value and reason:
+        raise ZooError(f"compile: {reason}")
+    if value is None:
+        return reason is None and r.values["steps"] >= COMPILE_MIN_STEPS
+    return bool(value)
+
+
 def _default_elbo(cls: type[ZooModel]) -> str:
-    return cls.elbo_for_guide.get(cls.default_guide, cls.default_elbo)
+    return elbo_for(cls, cls.default_guide)
 
 
 def _closed_form(cls: type[ZooModel]) -> str:
-    closed = f"; closed-form = {cls.closed_form_name}" if cls.has_closed_form() else ""
-    return f"{cls.default_method}{closed}"
+    closed = f"; closed-form = {cls.closed_form.name}" if cls.closed_form is not None else ""
+    return f"{default_method(cls)}{closed}"
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -324,7 +369,7 @@ SETTINGS: tuple[Setting, ...] = (
         one_of(METHODS, "method"),
         "how to train: svi, or the model's closed-form coordinate ascent (EM, CAVI)",
         rule=_method,
-        choices=lambda cls: METHODS if cls.has_closed_form() else ("svi",),
+        choices=lambda cls: METHODS if cls.closed_form is not None else ("svi",),
         shown_default=_closed_form,
     ),
     Setting(
@@ -333,7 +378,7 @@ SETTINGS: tuple[Setting, ...] = (
         one_of(_estimator_names, "estimator"),
         "ELBO estimator, of those that apply to the model",
         rule=_elbo,
-        choices=lambda cls: list(cls.estimators),
+        choices=lambda cls: list(cls.estimators.choices),
         shown_default=_default_elbo,
     ),
     Setting(
@@ -414,8 +459,20 @@ SETTINGS: tuple[Setting, ...] = (
         optional=True,
         rule=_local_steps,
         switch=True,
-        applies=lambda cls: bool(cls.local_step_guides),
-        shown_default=lambda cls: "on for the guides " + ", ".join(cls.local_step_guides),
+        applies=lambda cls: bool(local_step_guides(cls)),
+        shown_default=lambda cls: "on for the guides " + ", ".join(local_step_guides(cls)),
+    ),
+    Setting(
+        "compile",
+        bool,
+        boolean,
+        "train through one compiled graph of the step's loss and gradient, checked against "
+        "Pyro's (trace and meanfield estimators, reparameterised guides; zoo.compiled)",
+        optional=True,
+        rule=_compile,
+        switch=True,
+        shown_default=lambda cls: f"on for runs of {COMPILE_MIN_STEPS:,} steps or more",
+        stored_default=False,
     ),
     Setting(
         "eval_particles",

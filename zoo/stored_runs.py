@@ -125,10 +125,16 @@ def data_provenance(data: Any, zoo_model: ZooModel | None = None) -> dict[str, A
     if isinstance(data, str | os.PathLike):
         path = Path(data).resolve()
         return {"source": "path", "path": str(path), "sha256": _path_sha256(path)}
-    digest = _array_digest(data)
+    digest = None if _is_annotated_matrix(data) else _array_digest(data)
     if digest is None:
         return {"source": "object", "type": type(data).__name__}
     return {"source": "array", **digest}
+
+
+def _is_annotated_matrix(data: Any) -> bool:
+    """An AnnData (counts with cell and gene annotations): numpy would walk it row by row, and
+    its content is more than one array. Its run records it as an object."""
+    return type(data).__module__.split(".")[0] == "anndata"
 
 
 def _path_sha256(path: Path) -> str:

@@ -130,6 +130,24 @@ path = model.save_latent_means(result.guide, Path(tempfile.mkdtemp()) / "latent_
 table.head()
 
 # %%
+# AnnData in and out
+# ------------------
+# With the anndata package installed (``pip install anndata==0.11.4``), ``zoo.fit("scvi",
+# data=adata)`` reads an ``AnnData`` as scvi-tools users hold their cells: the ``counts`` layer
+# (else ``X``), kept sparse, the cell types from ``obs``; a scipy sparse matrix works too.
+# ``n_top_genes=2000`` (``--n-top-genes``) first keeps the highly variable genes of the
+# training cells, as scanpy's ``highly_variable_genes(flavor="seurat")`` selects them. A run
+# then saves ``latent.h5ad`` beside ``latent_means.csv``: the cells in the data's order with
+# the embedding in ``obsm["X_scvi"]`` (scvi-tools' key), the split and cell types in ``obs``
+# and the fitted inverse dispersion of each gene in ``var``, ready for
+# ``adata.obsm["X_scvi"] = latent.obsm["X_scvi"]`` and scanpy's neighbours and UMAP.
+from zoo.models.scvi import anndata_available  # noqa: E402
+
+if anndata_available():
+    latent = model.latent_adata(result.guide)
+    print(latent)
+
+# %%
 # Figures
 # -------
 # The ELBO during training and its two halves; the embedding on its first two principal axes

@@ -45,7 +45,7 @@ import torch
 from zoo.data import as_float_array, read_numeric_table
 from zoo.errors import DataError, ZooError
 from zoo.gaussian import gaussian_entropy, gaussian_log_density, mean_field_gap
-from zoo.model import Option, Training, ZooModel, positive_float
+from zoo.model import ArviZ, Guide, Option, Training, ZooModel, positive_float
 from zoo.registry import register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -167,9 +167,13 @@ class BayesianLinearRegression(ZooModel):
         "CSV file: numeric columns are the features, the last one the target (or --target); "
         "all are standardised"
     )
-    guides = ("mean-field", "full-rank", "exact")
+    guides = {
+        "mean-field": Guide(),
+        "full-rank": Guide(),
+        # the exact guide has no parameters: one step is all its training
+        "exact": Guide(training=Training(steps=1, quick_steps=1, particles=1)),
+    }
     default_guide = "mean-field"
-    default_elbo = "trace"
     # No "meanfield" estimator for the mean field: AutoNormal samples an auxiliary site and puts
     # a Delta at "w", so TraceMeanField_ELBO has no analytic KL to use and computes exactly the
     # Trace_ELBO loss (checked: same loss for the same draws).
@@ -178,10 +182,9 @@ class BayesianLinearRegression(ZooModel):
     # ~0.003 nats of their family's best in 1200 steps (measured over seeds), ~6 s on one thread.
     training = Training(steps=1200, lr=0.3, quick_steps=300, lr_final_factor=0.001, particles=128)
     data_plate = None  # w is global: no per-point latents, no mini-batching
-    save_posterior_draws = True
-    arviz_dims = {"w": ("feature",), "y": ("observation",)}
-    # the exact guide has no parameters: one step is all its training
-    training_for_guide = {"exact": Training(steps=1, quick_steps=1, particles=1)}
+    arviz = ArviZ(
+        dims={"w": ("feature",), "y": ("observation",)}, coords={"feature": "feature_names"}
+    )
     leaderboard = ({"guide": "mean-field"}, {"guide": "full-rank"}, {"guide": "exact"})
 
     # -- data --------------------------------------------------------------------------------------
@@ -215,10 +218,6 @@ class BayesianLinearRegression(ZooModel):
         self.post_mean = posterior_mean(self.x, self.y, self.prior_scale, self.noise_scale)
         self.post_cov = torch.cholesky_inverse(torch.linalg.cholesky(self.precision))
         self.post_scale_tril = torch.linalg.cholesky(self.post_cov)
-
-    def arviz_coords(self) -> dict[str, list[Any]]:
-        """The weights' coordinates are the feature names."""
-        return {"feature": list(self.feature_names)}
 
     def _split_target(
         self, values: np.ndarray, columns: list[str], target: str | None, source: str

@@ -101,12 +101,7 @@ class AmortizedModel(ZooModel):
 
     # -- the data plate ---------------------------------------------------------------------------
     def plate(self, subsample_size: int | None = None) -> pyro.plate:
-        return pyro.plate(
-            self.data_plate.name, self.num_data, subsample_size=subsample_size, dim=-1
-        )
-
-    def create_plates(self, subsample_size: int | None = None) -> pyro.plate:
-        return self.plate(subsample_size)
+        return self.create_plates(subsample_size)
 
     def encoder_input(self, idx: torch.Tensor | None) -> torch.Tensor:
         """What the encoder reads of the points ``idx`` (every bound point for None)."""

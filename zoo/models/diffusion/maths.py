@@ -115,6 +115,23 @@ def discrete_gammas(
     return log_snr(name, tau, gamma_min, gamma_max)[0]
 
 
+def piecewise_quantile(probs: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Importance sampling of ``tau`` from a piecewise-constant density on [0, 1].
+
+    ``probs`` (K,) are the probabilities of K equal bins (summing to 1), so the density is
+    ``p(tau) = K probs_k`` on bin k. Returns ``(tau, p(tau))`` with ``tau = F^{-1}(u)``, the
+    inverse CDF at ``u`` in [0, 1): a uniform ``u`` gives ``tau ~ p``, and evenly spread ``u``
+    (VDM's low-discrepancy sampler) give ``tau`` stratified in p's quantiles. Any integral
+    ``int_0^1 f(tau) d tau`` is then ``E_p[f(tau) / p(tau)]``, unbiased whatever ``probs``.
+    """
+    bins = probs.shape[-1]
+    upper = torch.cumsum(probs, -1)
+    k = torch.searchsorted(upper, u.contiguous(), right=True).clamp(max=bins - 1)
+    mass = probs[k]
+    frac = ((u - (upper[k] - mass)) / mass).clamp(0.0, 1.0)
+    return (k + frac) / bins, bins * mass
+
+
 def alpha_sigma(gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(alpha, sigma) at log-SNR ``gamma``: alpha^2 = sigmoid(-gamma), sigma^2 = sigmoid(gamma)."""
     return torch.sigmoid(-gamma).sqrt(), torch.sigmoid(gamma).sqrt()

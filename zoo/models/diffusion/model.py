@@ -33,7 +33,8 @@ a Pyro model/guide pair trained with ``Trace_ELBO``:
     [gamma'(tau) ||eps - eps_hat(z_tau, gamma(tau))||^2], with the same sites as ``rb``.
 
 For ``rb`` and ``vdm`` the per-particle log ratio is an unbiased estimate of the ELBO but not an
-importance weight, so IWAE and k-hat mean nothing for them (``importance_weights`` is False). Their
+importance weight, so IWAE and k-hat mean nothing for them (the model marks ``u`` with
+:data:`~zoo.diagnostics.RANDOM_TERM`, and the diagnostics report neither). Their
 two halves are DDPM's: the expected log-likelihood is -L_0, the "KL" is L_T + the diffusion term.
 ``mc`` costs T network rows per particle and point, in training and in the diagnostics (which
 score ``--eval-particles`` whole chains per point): use it with a small T or few particles.
@@ -84,10 +85,11 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.distributions import constraints
 
 from zoo.data import as_float_array, read_numeric_table
-from zoo.diagnostics import log_mean_exp, mean_with_se
+from zoo.diagnostics import RANDOM_TERM, log_mean_exp, mean_with_se
 from zoo.errors import DataError
 from zoo.model import (
     DataPlate,
@@ -112,7 +114,24 @@ if TYPE_CHECKING:  # pragma: no cover
     from zoo.run_view import RunView
 
 OBJECTIVES = ("vdm", "rb", "mc")
+#: how tau is drawn per point: stratified uniform, or importance-sampled (:meth:`Diffusion.tau`)
+T_SAMPLERS = ("stratified", "loss", "gradient")
 _MODULE = "denoiser"
+#: the moving average of the network's weights, in the param store beside them
+_AVERAGE = "denoiser_ema"
+#: the importance sampler's density of tau (bin probabilities) and its per-bin second moments
+_PROPOSAL, _MOMENTS = "tau_proposal", "tau_moments"
+#: its bins, the points scored per update, the steps between updates, the decay of the moments
+#: across updates, and the share of the uniform density mixed in (no weight exceeds 1 / share)
+_TAU_BINS, _TAU_POINTS, _TAU_EVERY, _TAU_DECAY, _TAU_FLOOR = 32, 512, 100, 0.9, 0.1
+
+
+def _decay(value: Any) -> float:
+    """An option type: a decay in [0, 1)."""
+    number = finite_float(value)
+    if not 0 <= number < 1:
+        raise ValueError(f"{value!r} is not in [0, 1)")
+    return number
 
 
 @register
@@ -166,6 +185,21 @@ class Diffusion(ZooModel):
         ),
         Option("learn_schedule", boolean, False, "learn the two endpoints (VDM)"),
         Option(
+            "t_sampler",
+            str,
+            "stratified",
+            "tau of each point (vdm, rb): stratified uniform (VDM), or importance-sampled from "
+            "the loss's or the gradient's second moment, weighted 1 / p(tau)",
+            T_SAMPLERS,
+        ),
+        Option(
+            "ema",
+            _decay,
+            0.0,
+            "decay of a moving average of the network's weights, which then answers every "
+            "evaluation outside training (0: off)",
+        ),
+        Option(
             "reverse_variance",
             str,
             "gaussian",
@@ -195,7 +229,6 @@ class Diffusion(ZooModel):
     data_help = "CSV file of points (numeric columns are the coordinates; no known density)"
     guides = ("forward",)
     default_guide = "forward"
-    default_elbo = "trace"
     training = Training(
         steps=8000, lr=3e-3, quick_steps=200, lr_final_factor=0.01, particles=1, batch_size=512
     )
@@ -247,6 +280,16 @@ class Diffusion(ZooModel):
             raise DataError("the oracle denoiser needs a data set with a known density")
         self.denoiser_kind = opts["denoiser"]
         self.control_variate = opts["control_variate"]
+        self.t_sampler, self.ema_decay = opts["t_sampler"], opts["ema"]
+        if self.t_sampler != "stratified" and self.objective == "mc":
+            raise DataError("--t-sampler applies to vdm and rb: mc scores every step of the chain")
+        if self.denoiser_kind == "oracle" and (self.ema_decay > 0 or self.t_sampler == "gradient"):
+            raise DataError("the oracle denoiser has no weights to average or differentiate")
+        if self.t_sampler != "stratified" or self.ema_decay > 0:
+            # between steps: the average and the sampler's density are updated in place, outside
+            # the training step (a compiled step reads the density in place, as it reads the
+            # weights), so the hook is this instance's and the class keeps the base one
+            self.on_step = self._between_steps
         self.x = self.tensor(values)
         self.x_test = None if test is None else self.tensor(test)
         self.num_data, self.dim = values.shape
@@ -271,13 +314,6 @@ class Diffusion(ZooModel):
             chunk_budget=max(1_000, 250_000 // (self.num_steps if self.objective == "mc" else 1))
         )
 
-    @property
-    def importance_weights(self) -> bool:
-        """Whether the per-particle log ratio is an importance weight: only for ``mc``, whose
-        particles are whole chains. ``rb`` and ``vdm`` score one random step per particle: an
-        unbiased ELBO estimate, but its log-mean-exp (IWAE) and k-hat mean nothing."""
-        return self.objective == "mc"
-
     # -- parameters ---------------------------------------------------------------------------
     def endpoints(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(gamma_min, gamma_max): fixed, or learned parameters (``--learn-schedule``)."""
@@ -292,27 +328,67 @@ class Diffusion(ZooModel):
         )
         return g0, g1
 
-    def eps_fn(self) -> dm.Denoiser:
-        """The denoiser eps_hat(z, gamma) at the param store's current values."""
+    def eps_fn(self, averaged: bool | None = None) -> dm.Denoiser:
+        """The denoiser eps_hat(z, gamma) at the param store's current values.
+
+        With ``--ema`` the store also holds a moving average of the weights, and ``averaged``
+        picks them (None: outside autograd, so the training step has the weights it updates,
+        while the history's records, the diagnostics, the report and the figures, all computed
+        without gradients, have the average; as Ising's annealed beta follows the same rule)."""
         if self.denoiser_kind == "oracle":
             return self.density.eps_star
         store = pyro.get_param_store()
         if self._net is None or f"{_MODULE}$$$net.0.weight" not in store:
             # a fresh param store (a new run): new weights from the run's seeded RNG
             self._net = MLPDenoiser(**self.net_options)
-        return pyro.module(_MODULE, self._net, update_module_params=True)
+        net = pyro.module(_MODULE, self._net, update_module_params=True)
+        if averaged is None:
+            averaged = self.ema_decay > 0 and not torch.is_grad_enabled()
+        if not averaged:
+            return net
+        weights = self._averaged_weights()
+        return lambda z, gamma: torch.func.functional_call(net, weights, (z, gamma))
+
+    def _averaged_weights(self) -> dict[str, torch.Tensor]:
+        """The moving average of the network's weights (Polyak & Juditsky 1992; the exponential
+        average of DDPM's and VDM's evaluations), by parameter name; it starts at the weights it
+        first sees (a run's set-up creates it) and lives in the param store, so checkpoints and
+        ``param_state`` keep it. Outside every trace: no optimiser sees it."""
+        out = {}
+        with poutine.block():
+            for name, value in self._net.named_parameters():
+                out[name] = pyro.param(
+                    f"{_AVERAGE}$$${name}", lambda value=value: value.detach().clone()
+                ).detach()
+        return out
+
+    # -- between training steps -----------------------------------------------------------------
+    def _between_steps(self, step: int, total: int) -> None:
+        """Before SVI step ``step`` (the runner's hook, with ``--ema`` or an importance
+        sampler): fold the weights after step - 1 into the average, and every
+        ``_TAU_EVERY`` steps (from the first) re-estimate the sampler's density."""
+        if self.ema_decay > 0:
+            self.update_average(step)
+        if self.t_sampler != "stratified" and (step - 1) % _TAU_EVERY == 0:
+            self.update_tau_proposal()
+
+    @torch.no_grad()
+    def update_average(self, step: int) -> None:
+        """average <- d average + (1 - d) weights with d = min(ema, (1 + step) / (10 + step)):
+        the usual warm-up of the decay, so the initial weights fade fast."""
+        if self._net is None:
+            self.eps_fn(averaged=False)
+        decay = min(self.ema_decay, (1 + step) / (10 + step))
+        store = pyro.get_param_store()
+        average = self._averaged_weights()
+        for name, value in average.items():
+            value.mul_(decay).add_(store[f"{_MODULE}$$${name}"].detach(), alpha=1 - decay)
 
     def gammas(self, num_steps: int | None = None, schedule: str | None = None) -> torch.Tensor:
         g0, g1 = self.endpoints()
         return dm.discrete_gammas(schedule or self.schedule, num_steps or self.num_steps, g0, g1)
 
     # -- the Pyro programs ----------------------------------------------------------------------
-    def _plate(self, subsample_size: int | None) -> pyro.plate:
-        return pyro.plate("data", self.num_data, subsample_size=subsample_size)
-
-    def create_plates(self, subsample_size: int | None = None) -> pyro.plate:
-        return self._plate(subsample_size)
-
     def model(self, subsample_size: int | None = None) -> None:
         if self.objective == "mc":
             self._chain_program(subsample_size, is_model=True)
@@ -345,7 +421,7 @@ class Diffusion(ZooModel):
     def _chain_program(self, subsample_size: int | None, is_model: bool) -> None:
         gammas = self.gammas()
         eps_fn = self.eps_fn() if is_model else None
-        with self._plate(subsample_size) as idx:
+        with self.create_plates(subsample_size) as idx:
             x = self.x[idx]
             if not is_model:
                 pyro.sample("z", dm.ForwardChain(x, gammas))
@@ -359,22 +435,17 @@ class Diffusion(ZooModel):
     def _step_program(self, subsample_size: int | None, is_model: bool) -> None:
         g0, g1 = self.endpoints()
         zero = self.tensor(0.0)
-        u = pyro.sample("u", dist.Uniform(zero, zero + 1))
+        # u picks the terms of the sum over t that a particle scores: no importance weights
+        u = pyro.sample("u", dist.Uniform(zero, zero + 1), infer={RANDOM_TERM: True})
         eps_fn = self.eps_fn() if is_model else None
-        with self._plate(subsample_size) as idx:
+        with self.create_plates(subsample_size) as idx:
             x = self.x[idx]
             n = x.shape[0]
             # VDM's low-discrepancy sampler: one uniform offset, the batch spread over [0, 1)
-            tau = torch.remainder(u + torch.arange(n, dtype=x.dtype) / n, 1.0)
-            if self.objective == "vdm":
-                gamma_t, dgamma = dm.log_snr(self.schedule, tau, g0, g1)
-                const, weight = torch.zeros_like(tau), 0.5 * dgamma
-            else:
-                gammas = self.gammas()
-                k = 1 + torch.floor(tau * (self.num_steps - 1)).long().clamp(max=self.num_steps - 2)
-                gamma_t, gamma_s = gammas[k], gammas[k - 1]
-                const, weight = dm.step_kl_weights(gamma_s, gamma_t, dim=self.dim, **self.kernel)
-                const, weight = (self.num_steps - 1) * const, (self.num_steps - 1) * weight
+            tau, density = self.tau(torch.remainder(u + torch.arange(n, dtype=x.dtype) / n, 1.0))
+            gamma_t, const, weight = self._diffusion_weights(tau, g0, g1)
+            if density is not None:  # importance sampling: each term over its density
+                const, weight = const / density, weight / density
             alpha_t, sigma_t = dm.alpha_sigma(gamma_t)
             base = dist.Normal(alpha_t.unsqueeze(-1) * x, sigma_t.unsqueeze(-1)).to_event(1)
             alpha_1, sigma_1 = dm.alpha_sigma(g0)
@@ -399,6 +470,108 @@ class Diffusion(ZooModel):
             z1 = pyro.sample("z_1", dm.Penalised(q1, reconstruction_cv))
             eps_1 = eps_fn(z1, g0.expand(z1.shape[:-1]))
             pyro.sample("x", dm.decoder(z1, eps_1, g0, **self.kernel), obs=x)
+
+    # -- tau: stratified, or importance-sampled --------------------------------------------------
+    def _diffusion_weights(
+        self, tau: torch.Tensor, g0: torch.Tensor, g1: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(gamma_t, const, weight) of the diffusion term at ``tau``: the term a point scores
+        is ``const + weight ||eps - eps_hat(z_t, gamma_t)||^2``, whose integral over tau in
+        [0, 1) is the bound's diffusion term: VDM's 0.5 gamma'(tau) (``vdm``), or (T - 1)
+        times the KL of the step that tau falls in (``rb``, DDPM's L_{t-1})."""
+        if self.objective == "vdm":
+            gamma_t, dgamma = dm.log_snr(self.schedule, tau, g0, g1)
+            return gamma_t, torch.zeros_like(tau), 0.5 * dgamma
+        gammas = self.gammas()
+        k = 1 + torch.floor(tau * (self.num_steps - 1)).long().clamp(max=self.num_steps - 2)
+        gamma_t, gamma_s = gammas[k], gammas[k - 1]
+        const, weight = dm.step_kl_weights(gamma_s, gamma_t, dim=self.dim, **self.kernel)
+        return gamma_t, (self.num_steps - 1) * const, (self.num_steps - 1) * weight
+
+    def tau_state(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The importance sampler's bin probabilities and per-bin second moments (uniform and
+        zero at first), in the param store outside every trace: no optimiser sees them, and
+        checkpoints keep them, so a resumed run samples as the uninterrupted one."""
+        zeros = self.x.new_zeros(_TAU_BINS)
+        with poutine.block():
+            probs = pyro.param(_PROPOSAL, lambda: zeros + 1 / _TAU_BINS)
+            moments = pyro.param(_MOMENTS, lambda: zeros)
+        return probs.detach(), moments.detach()
+
+    def tau(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """tau per point from evenly spread ``grid`` in [0, 1), with its density (None: 1).
+
+        ``stratified``: tau = grid, VDM's low-discrepancy sampler. ``loss`` and ``gradient``:
+        tau = F^{-1}(grid) for a piecewise-constant density p over ``_TAU_BINS`` bins
+        (:func:`~zoo.models.diffusion.maths.piecewise_quantile`: still stratified, in p's
+        quantiles), and each point's term is divided by p(tau), so the estimate of the bound
+        stays unbiased whatever p. p is improved DDPM's loss-aware sampler (Nichol & Dhariwal
+        2021, §3.3: p(t) proportional to sqrt E[L_t^2], which minimises the variance of the
+        loss) in continuous time, or the same rule for the squared norm of the per-point
+        gradient of the loss with respect to the network's weights (``gradient``: it minimises
+        the trace of the gradient's variance, which is what the training steps feel; VDM's
+        learned schedule, Kingma et al. 2021 §4.4 and appendix I.2, targets the loss's
+        variance). :meth:`update_tau_proposal` re-estimates p between steps."""
+        if self.t_sampler == "stratified":
+            return grid, None
+        probs, _ = self.tau_state()
+        return dm.piecewise_quantile(probs, grid)
+
+    def update_tau_proposal(self) -> None:
+        """Score ``_TAU_POINTS`` random points at times stratified over the bins with the
+        current weights, fold each bin's mean second moment (of the loss term, or of its
+        gradient's norm) into a moving average (decay ``_TAU_DECAY``), and set
+        p proportional to its square root, mixed with ``_TAU_FLOOR`` of the uniform density."""
+        stat = self._tau_second_moments(_TAU_POINTS)
+        if not bool(torch.isfinite(stat).all()) or not bool((stat > 0).any()):
+            return
+        probs, moments = self.tau_state()
+        with torch.no_grad():
+            if bool((moments == 0).all()):
+                moments.copy_(stat)
+            else:
+                moments.mul_(_TAU_DECAY).add_(stat, alpha=1 - _TAU_DECAY)
+            root = moments.sqrt()
+            probs.copy_((1 - _TAU_FLOOR) * root / root.sum() + _TAU_FLOOR / _TAU_BINS)
+
+    def _tau_second_moments(self, points: int) -> torch.Tensor:
+        """Per bin of tau, the mean over ``points`` fresh draws (as many per bin) of the squared
+        loss term (``loss``) or of the squared norm of its gradient (``gradient``)."""
+        bins = torch.arange(points, device=self.device) % _TAU_BINS
+        dtype = self.x.dtype
+        tau = (bins + torch.rand(points, dtype=dtype, device=self.device)) / _TAU_BINS
+        x = self.x[torch.randint(self.num_data, (points,), device=self.device)]
+        with torch.no_grad():
+            g0, g1 = (g.detach() for g in self.endpoints())
+            gamma, const, weight = self._diffusion_weights(tau, g0, g1)
+            gamma, const, weight = gamma.detach(), const.detach(), weight.detach()
+            alpha, sigma = (t.unsqueeze(-1) for t in dm.alpha_sigma(gamma))
+            eps = torch.randn(x.shape, dtype=dtype, device=self.device)
+            z = alpha * x + sigma * eps
+            cv = self._cv(x, eps, gamma)
+            eps_fn = self.eps_fn(averaged=False)
+            if self.t_sampler == "loss":
+                sq = (eps - eps_fn(z, gamma)).pow(2).sum(-1) - cv
+                value = (const + weight * sq).pow(2)
+        if self.t_sampler == "gradient":
+            value = self._gradient_norms(z, gamma, eps, const, weight, cv)
+        per_bin = torch.zeros(_TAU_BINS, dtype=dtype, device=self.device)
+        return per_bin.index_add_(0, bins, value.to(dtype)) * (_TAU_BINS / points)
+
+    def _gradient_norms(self, z, gamma, eps, const, weight, cv) -> torch.Tensor:
+        """||d term_i / d theta||^2 for each point's loss term (per-sample gradients,
+        :mod:`torch.func`)."""
+        net = self._net
+        params = {name: p.detach() for name, p in net.named_parameters()}
+
+        def term(p, z, gamma, eps, const, weight, cv):
+            eps_hat = torch.func.functional_call(net, p, (z.unsqueeze(0), gamma.unsqueeze(0)))[0]
+            return const + weight * ((eps - eps_hat).pow(2).sum() - cv)
+
+        grads = torch.func.vmap(torch.func.grad(term), in_dims=(None, 0, 0, 0, 0, 0, 0))(
+            params, z, gamma, eps, const, weight, cv
+        )
+        return sum(g.double().pow(2).flatten(1).sum(1) for g in grads.values())
 
     # -- what is known exactly -----------------------------------------------------------------
     def log_p_data(self, x: torch.Tensor | None = None) -> torch.Tensor | None:

@@ -20,7 +20,7 @@ import torch
 from pyro.distributions import constraints
 
 from zoo.errors import DataError
-from zoo.model import DataPlate
+from zoo.model import ArviZ, DataPlate
 from zoo.models.empirical_bayes import figures
 from zoo.models.empirical_bayes.base import EmpiricalBayesBase
 from zoo.models.empirical_bayes.data import AT_BATS, BASEBALL
@@ -58,7 +58,8 @@ class BaseballEmpiricalBayes(EmpiricalBayesBase):
     )
     data_plate = DataPlate("players")
     latent = "p"
-    arviz_dims = {"p": ("player",), "hits": ("player",)}
+    # one latent per group of a small hierarchy: ArviZ data with the players' names as coords
+    arviz = ArviZ(dims={"p": ("player",), "hits": ("player",)}, coords={"player": "groups"})
 
     def setup(self, data: Any, **opts: Any) -> None:
         if data is not None:

@@ -19,7 +19,7 @@ import torch
 from pyro.distributions import constraints
 
 from zoo.errors import DataError
-from zoo.model import DataPlate
+from zoo.model import ArviZ, DataPlate
 from zoo.models.empirical_bayes import figures
 from zoo.models.empirical_bayes.base import EmpiricalBayesBase
 from zoo.models.empirical_bayes.data import EIGHT_SCHOOLS
@@ -52,7 +52,8 @@ class EightSchools(EmpiricalBayesBase):
     )
     data_plate = DataPlate("schools")
     latent = "theta"
-    arviz_dims = {"theta": ("school",), "y": ("school",)}
+    # one latent per group of a small hierarchy: ArviZ data with the schools' names as coords
+    arviz = ArviZ(dims={"theta": ("school",), "y": ("school",)}, coords={"school": "groups"})
 
     def setup(self, data: Any, **opts: Any) -> None:
         if data is not None:

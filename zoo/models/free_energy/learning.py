@@ -227,9 +227,6 @@ class FreeEnergyLearning(ZooModel):
         sigma_u = pyro.param("Sigma_u", lambda: self.tensor(su), constraint=constraints.positive)
         return v_p, sigma_p, sigma_u
 
-    def create_plates(self, subsample_size: int | None = None) -> Any:
-        return pyro.plate("data", self.num_data, subsample_size=subsample_size)
-
     def model(self, subsample_size: int | None = None) -> None:
         v_p, sigma_p, sigma_u = self.parameters()
         with self.create_plates(subsample_size) as idx:

@@ -31,7 +31,7 @@ from pyro.infer.autoguide import AutoNormal
 from zoo.data import as_float_array, read_numeric_table
 from zoo.errors import DataError, ZooError
 from zoo.gaussian import gaussian_kl, gaussian_log_density, mean_field_gap
-from zoo.model import DataPlate, Training, ZooModel
+from zoo.model import DataPlate, Guide, Training, ZooModel
 from zoo.models.free_energy import figures
 from zoo.models.free_energy.hierarchy import (
     hierarchy_covariance,
@@ -63,7 +63,7 @@ class PredictiveCoding(ZooModel):
         Option("data_seed", seed_value, 1, "seed of the simulated stimuli"),
     )
     data_help = "CSV file of stimuli x (D = --obs-dim numeric columns, one row per stimulus)"
-    guides = ("mean-field", "full-rank")
+    guides = {"mean-field": Guide(), "full-rank": Guide(elbo="meanfield")}
     default_guide = "full-rank"
     # the excess over each family's best gap shrinks with the last step size (it is the
     # stationary noise of SGD): a step size decayed 1000-fold; measured at the defaults,
@@ -71,7 +71,6 @@ class PredictiveCoding(ZooModel):
     # factors are MultivariateNormals like the priors: TraceMeanField_ELBO uses their KL
     # in closed form (AutoNormal's sites are Deltas behind auxiliary draws: nothing to gain)
     training = Training(steps=1000, lr=0.1, lr_final_factor=0.001, quick_steps=300, particles=8)
-    elbo_for_guide = {"full-rank": "meanfield"}
     data_plate = DataPlate("data")
     leaderboard = ({"guide": "mean-field"}, {"guide": "full-rank"})
 
@@ -124,9 +123,6 @@ class PredictiveCoding(ZooModel):
         return z1 @ w1.T + self.s0 * rng.standard_normal((num, w1.shape[0]))
 
     # -- the model and its guides ----------------------------------------------------------------
-    def create_plates(self, subsample_size: int | None = None) -> Any:
-        return pyro.plate("data", self.num_data, subsample_size=subsample_size)
-
     def model(self, subsample_size: int | None = None) -> None:
         # the layers' priors are written as MultivariateNormals so that torch has the KL from
         # the full-rank guide's factors to them in closed form (TraceMeanField_ELBO)

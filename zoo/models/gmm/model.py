@@ -53,7 +53,9 @@ from pyro.distributions import constraints
 from zoo.data import read_numeric_table
 from zoo.errors import DataError
 from zoo.model import (
+    ClosedForm,
     DataPlate,
+    Estimators,
     Option,
     Training,
     ZooModel,
@@ -168,9 +170,8 @@ class GaussianMixture(ZooModel):
     data_help = "CSV file of points (numeric columns are the features)"
     guides = ("exact",)
     default_guide = "exact"
-    default_elbo = "trace"
     #: discrete labels: ``enum`` sums them out exactly; no ``meanfield`` (not reparameterised)
-    estimators = ("trace", "enum", "graph", "iwae")
+    estimators = Estimators(("trace", "enum", "graph", "iwae"))
     training = Training(
         steps=1500, lr=0.05, lr_final_factor=0.05, quick_steps=300, closed_form_steps=200
     )
@@ -178,7 +179,7 @@ class GaussianMixture(ZooModel):
     #: z_n are the only latents and live in the data plate); fewer points per block in many
     #: dimensions, see :meth:`setup`
     data_plate = DataPlate("data", block_size=8192)
-    closed_form_name = "EM"
+    closed_form = ClosedForm("EM")
     leaderboard = ({"method": "closed-form"}, {"elbo": "trace"}, {"elbo": "enum"})
 
     # -- data and initial parameters ------------------------------------------------------------

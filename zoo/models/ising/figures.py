@@ -105,6 +105,80 @@ def relative_error_figure(
     return fig
 
 
+def _rolling_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """The mean of each value and the ``window - 1`` before it (fewer at the start)."""
+    out = np.empty(len(values))
+    for k in range(len(values)):
+        out[k] = np.mean(values[max(0, k - window + 1) : k + 1])
+    return out
+
+
+def convergence_figure(
+    steps: np.ndarray,
+    elbo: np.ndarray,
+    nis: np.ndarray,
+    log_z: np.ndarray,
+    *,
+    final: tuple[float, float, float, float, int],
+    beta: float,
+    num_sites: int,
+    record_particles: int,
+    colour: str,
+    title: str,
+    window: int = 10,
+) -> Figure:
+    """The bound and the importance-sampled estimate approaching the exact free energy.
+
+    Left: free energy per site -log Z / (beta N) against the training step, from each history
+    record's ``record_particles`` draws (dots): their ELBO, an estimate of the bound, and log
+    mean w, the neural importance sampling estimate (Nicoli et al. 2020); lines are the means
+    of the last ``window`` records. The exact value (Kaufman's, or the transfer matrix's) is the
+    black line; at the last step both estimates from the ``final`` draws (ELBO, its SE, log
+    mean w, its SE, the draws) with 2 SE bars. Right: the relative errors |log Z - estimate| /
+    |log Z| of the windowed means and of the final estimates, on a log axis. ``log_z`` is each
+    record's exact log Z (it follows an annealed beta); ``elbo`` and ``nis`` are totals.
+    """
+    import matplotlib.pyplot as plt
+
+    scale = 1.0 / (beta * num_sites)
+    elbo_end, elbo_se, nis_end, nis_se, draws = final
+    smooth_elbo, smooth_nis = _rolling_mean(elbo, window), _rolling_mean(nis, window)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.4, 4.0), constrained_layout=True)
+    left.plot(steps, -log_z * scale, "k-", lw=1.0, label="exact")
+    left.plot(steps, -elbo * scale, ".", color=colour, ms=2, alpha=0.35)
+    left.plot(steps, -nis * scale, ".", color="C2", ms=2, alpha=0.35)
+    left.plot(steps, -smooth_elbo * scale, "-", color=colour, lw=1.2, label="ELBO (the bound)")
+    left.plot(steps, -smooth_nis * scale, "-", color="C2", lw=1.2, label="NIS: log mean w")
+    last = steps[-1] if len(steps) else 0
+    for value, se, shade in ((elbo_end, elbo_se, colour), (nis_end, nis_se, "C2")):
+        left.errorbar([last], [-value * scale], yerr=[2 * se * scale], fmt="s", color=shade, ms=4)
+    exact = -log_z[-1] * scale if len(log_z) else np.nan
+    tail = np.abs(-smooth_elbo[len(steps) // 4 :] * scale - exact)
+    spread = float(np.nanmax(tail)) if tail.size else np.nan
+    if np.isfinite(exact) and np.isfinite(spread) and spread > 0:
+        left.set_ylim(exact - 1.2 * spread, exact + 1.5 * spread)
+    left.set_xlabel("training step")
+    left.set_ylabel("free energy per site  -log Z / (beta N)")
+    left.set_title(title)
+    left.legend(
+        fontsize=8,
+        title=f"dots: a record's K = {record_particles}; lines: mean of {window} records; "
+        f"squares: K = {draws:,}, 2 SE",
+        title_fontsize=7,
+    )
+    rel = np.abs(log_z)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        right.semilogy(steps, np.abs(log_z - smooth_elbo) / rel, "-", color=colour, label="ELBO")
+        right.semilogy(steps, np.abs(log_z - smooth_nis) / rel, "-", color="C2", label="NIS")
+        for value, shade in ((elbo_end, colour), (nis_end, "C2")):
+            right.semilogy([last], [abs(log_z[-1] - value) / rel[-1]], "s", color=shade, ms=4)
+    right.set_xlabel("training step")
+    right.set_ylabel("relative error  |log Z - estimate| / |log Z|")
+    right.set_title(f"relative free-energy error (lines: mean of {window} records)")
+    right.legend(fontsize=8)
+    return fig
+
+
 def samples_figure(rows: list[tuple[str, np.ndarray]], shape: tuple[int, int]) -> Figure:
     """One row of lattices per ``(title, spins)``, spins ±1 of shape (per_row, N) drawn as
     ``shape`` images (white = +1)."""

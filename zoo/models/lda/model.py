@@ -42,7 +42,10 @@ from pyro.distributions import constraints
 
 from zoo.errors import DataError, ZooError
 from zoo.model import (
+    ClosedForm,
     DataPlate,
+    Estimators,
+    Guide,
     Option,
     Training,
     ZooModel,
@@ -102,6 +105,11 @@ def match_topics(fitted: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.n
     return order, cost[np.arange(len(true)), order]
 
 
+def _local_e_step(model: LatentDirichletAllocation, guide: Any) -> None:
+    """The mean-field guide's local step: the E step (:meth:`LatentDirichletAllocation.e_step`)."""
+    model.e_step()
+
+
 @register
 class LatentDirichletAllocation(ZooModel):
     name = "lda"
@@ -130,19 +138,15 @@ class LatentDirichletAllocation(ZooModel):
         "CSV document-term table: a row per document, a numeric column per word (counts); "
         "needs --topics"
     )
-    guides = ("mean-field",)
-    default_guide = "mean-field"
-    #: the training a user of LDA expects: variational EM (Blei et al. 2003, §5.3)
-    default_method = "closed-form"
-    default_elbo = "trace"
     #: with the E step as the local step, ``enum`` sums the topic assignments out under q and
     #: the gradient in beta is exact (theta does not enter it): one particle is enough
-    elbo_for_guide = {"mean-field": "enum"}
+    guides = {"mean-field": Guide(elbo="enum", local_step=_local_e_step)}
+    default_guide = "mean-field"
     #: discrete topic assignments: ``enum`` sums them out under q; no ``meanfield`` (the
     #: z sites are not reparameterised)
-    estimators = ("trace", "graph", "enum", "iwae")
-    closed_form_name = "variational EM"
-    local_step_guides = ("mean-field",)
+    estimators = Estimators(("trace", "graph", "enum", "iwae"))
+    #: the training a user of LDA expects: variational EM (Blei et al. 2003, §5.3)
+    closed_form = ClosedForm("variational EM", default=True)
     # EM: every E step runs to convergence; from the screened start, 60 iterations bring the
     # ELBO to a fixed point (its last 10 changes are rounding). SVI with local steps: Adam on
     # beta's unconstrained coordinates, 400 steps from lr 0.2 decayed 20-fold end 0.03 nats
@@ -159,7 +163,7 @@ class LatentDirichletAllocation(ZooModel):
     #: the contract's and the command-line smoke tests' run: 20 short documents, two starts
     smoke_options = {"num_docs": 20, "doc_length": 6, "n_init": 2}
     max_plate_nesting = 2
-    data_plate = DataPlate("documents")
+    data_plate = DataPlate("documents", dim=-2)
     leaderboard = ({"method": "closed-form"}, {"method": "svi"})
 
     # -- data ---------------------------------------------------------------------------------
@@ -276,9 +280,6 @@ class LatentDirichletAllocation(ZooModel):
             with pyro.plate("tokens", width, dim=-1), self._tokens(idx):
                 pyro.sample("z", dist.Categorical(logits=phi[idx].log()))
 
-    def create_plates(self, subsample_size: int | None = None) -> Any:
-        return pyro.plate("documents", self.num_data, dim=-2, subsample_size=subsample_size)
-
     def build_guide(self, name: str) -> Callable[..., Any]:
         if name == "mean-field":
             return self.mean_field_guide
@@ -294,9 +295,8 @@ class LatentDirichletAllocation(ZooModel):
         if guide_name != "mean-field":
             raise ZooError(f"variational EM updates the mean-field guide, not {guide_name!r}")
 
-    def local_step(self, guide: Any, guide_name: str) -> None:
+    def e_step(self) -> None:
         """The E step at the current beta (eqs. 6-7 to convergence), written into gamma, phi."""
-        self._check_guide(guide_name)
         beta, gamma, _ = self._fitted()
         log_emit = cavi.log_emissions(beta, self.words)
         phi, gamma, _ = cavi.e_step(log_emit, self.mask, self.alpha_vector, gamma)

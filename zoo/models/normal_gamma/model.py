@@ -48,7 +48,18 @@ import torch
 
 from zoo.data import as_float_array, read_numeric_table
 from zoo.errors import DataError, ZooError
-from zoo.model import Option, Training, ZooModel, at_least, finite_float, positive_float, seed_value
+from zoo.model import (
+    ArviZ,
+    ClosedForm,
+    Guide,
+    Option,
+    Training,
+    ZooModel,
+    at_least,
+    finite_float,
+    positive_float,
+    seed_value,
+)
 from zoo.models.normal_gamma.conjugate import (
     MeanField,
     NormalGammaParams,
@@ -108,11 +119,14 @@ class NormalGamma(ZooModel):
         Option("column", str, None, "with --data: the column to use (needed if several)"),
     )
     data_help = "CSV file with one numeric column (or name one with --column)"
-    guides = ("mean-field", "full-rank", "exact")
+    guides = {
+        # AutoPriorFamily samples Normal and Gamma factors at the model's own sites: analytic KLs
+        "mean-field": Guide(elbo="meanfield"),
+        "full-rank": Guide(),
+        # the exact guide has no parameters: one step is all its training
+        "exact": Guide(training=Training(steps=1, quick_steps=1, particles=1)),
+    }
     default_guide = "mean-field"
-    default_elbo = "trace"
-    # AutoPriorFamily samples Normal and Gamma factors at the model's own sites: analytic KLs
-    elbo_for_guide = {"mean-field": "meanfield"}
     # 1000 steps from a large lr decayed 300-fold, 128 vectorized particles: the SVI optimum is
     # within ~1e-4 nats of the CAVI fixed point (measured over seeds), ~3 s on one thread
     training = Training(
@@ -124,11 +138,8 @@ class NormalGamma(ZooModel):
         closed_form_steps=30,
     )
     data_plate = None  # (mu, tau) are global
-    closed_form_name = "CAVI"
-    save_posterior_draws = True
-    arviz_dims = {"x": ("observation",)}  # mu and tau are scalars
-    # the exact guide has no parameters: one step is all its training
-    training_for_guide = {"exact": Training(steps=1, quick_steps=1, particles=1)}
+    closed_form = ClosedForm("CAVI")
+    arviz = ArviZ(dims={"x": ("observation",)})  # mu and tau are scalars
     leaderboard = ({"method": "closed-form"}, {"guide": "mean-field"}, {"guide": "exact"})
 
     # -- data --------------------------------------------------------------------------------------

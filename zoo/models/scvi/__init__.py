@@ -43,8 +43,13 @@ particles. Its numbers are those of Pyro's distribution (tested).
 
 Data (:mod:`~zoo.models.scvi.data`): scanpy's bundled ``pbmc68k_reduced`` (700 PBMCs x 765
 genes, 10 cell types; no download), the user's ``.h5ad`` (a counts layer or X; ``backed`` reads
-mini-batches from the file), 10x ``.mtx`` directories or CSV; or a seeded simulation from this
-model's own generative process (:func:`~zoo.models.scvi.simulate.simulate_scvi`). With
+mini-batches from the file), an ``AnnData`` object or a scipy sparse matrix
+(:mod:`~zoo.models.scvi.anndata_io`), 10x ``.mtx`` directories or CSV; or a seeded simulation
+from this model's own generative process (:func:`~zoo.models.scvi.simulate.simulate_scvi`).
+``n_top_genes`` keeps the highly variable genes of the training cells as scanpy's
+``flavor="seurat"`` selects them (:mod:`~zoo.models.scvi.genes`) before training. A run saves
+the latent means as ``latent_means.csv`` and, with anndata installed, as ``latent.h5ad``
+(``obsm["X_scvi"]``, as scvi-tools). With
 ``backed`` the matrix is never held in memory whole: training reads each mini-batch's rows, and
 every pass over all the cells (the runner's history records and diagnostics, the held-out
 evaluation, the report's tables and figures) reads ``data_plate.block_size`` cells at a time
@@ -55,11 +60,20 @@ Files: :mod:`~zoo.models.scvi.model` (the registered model ``scvi``),
 (the simulator and the grid integral), :mod:`~zoo.models.scvi.figures`, and the count data:
 :mod:`~zoo.models.scvi.counts` (validation, count sources, per-gene statistics),
 :mod:`~zoo.models.scvi.hdf5` (backed reading), :mod:`~zoo.models.scvi.h5ad` (the h5ad reader
-and writer) and :mod:`~zoo.models.scvi.data` (the bundled PBMCs, 10x, CSV, :func:`load_counts`).
+and writer), :mod:`~zoo.models.scvi.anndata_io` (AnnData in and out),
+:mod:`~zoo.models.scvi.genes` (gene selection) and :mod:`~zoo.models.scvi.data` (the bundled
+PBMCs, 10x, CSV, :func:`load_counts`).
 The scaffolding shared with the VAEs (the data as a value,
 :meth:`~zoo.models.amortized.AmortizedModel.with_data`) is :mod:`zoo.models.amortized`.
 """
 
+from zoo.models.scvi.anndata_io import (
+    ANNDATA_INSTALL,
+    anndata_available,
+    count_data_from_anndata,
+    import_anndata,
+    latent_anndata,
+)
 from zoo.models.scvi.counts import (
     COUNT_LIMIT,
     LABEL_KEYS,
@@ -67,8 +81,10 @@ from zoo.models.scvi.counts import (
     CountSource,
     InMemoryCounts,
     NonCountWarning,
+    SelectedGenes,
     check_counts,
     gene_statistics,
+    select_genes,
 )
 from zoo.models.scvi.data import (
     load_counts,
@@ -76,10 +92,12 @@ from zoo.models.scvi.data import (
     pbmc68k_reduced_path,
     read_10x_mtx,
     read_count_csv,
+    read_h5ad,
     recover_pbmc_counts,
 )
 from zoo.models.scvi.figures import embed_2d, plot_generated_vs_real, plot_latent_embedding
-from zoo.models.scvi.h5ad import read_h5ad, write_h5ad
+from zoo.models.scvi.genes import GeneSelection, highly_variable_genes
+from zoo.models.scvi.h5ad import read_h5ad_h5py, write_h5ad
 from zoo.models.scvi.hdf5 import BackedCSRCounts, BackedDenseCounts
 from zoo.models.scvi.likelihood import LIKELIHOODS, ScviCounts
 from zoo.models.scvi.model import LIBRARY_MODES, Cells, SingleCellVI
@@ -91,6 +109,7 @@ from zoo.models.scvi.simulate import (
 )
 
 __all__ = [
+    "ANNDATA_INSTALL",
     "COUNT_LIMIT",
     "LABEL_KEYS",
     "LIBRARY_MODES",
@@ -100,15 +119,22 @@ __all__ = [
     "Cells",
     "CountData",
     "CountSource",
+    "GeneSelection",
     "InMemoryCounts",
     "NonCountWarning",
     "ScviCounts",
     "ScviSimulation",
+    "SelectedGenes",
     "SingleCellVI",
+    "anndata_available",
     "check_counts",
+    "count_data_from_anndata",
     "embed_2d",
     "gene_statistics",
     "grid_log_likelihood",
+    "highly_variable_genes",
+    "import_anndata",
+    "latent_anndata",
     "load_counts",
     "load_pbmc68k_reduced",
     "make_decoder",
@@ -118,7 +144,9 @@ __all__ = [
     "read_10x_mtx",
     "read_count_csv",
     "read_h5ad",
+    "read_h5ad_h5py",
     "recover_pbmc_counts",
+    "select_genes",
     "simulate_scvi",
     "write_h5ad",
 ]

@@ -187,6 +187,40 @@ class InMemoryCounts(CountSource):
         return self.matrix
 
 
+class SelectedGenes(CountSource):
+    """Some genes (columns) of another source, read through it: each block of rows is read
+    whole and then narrowed, so a backed file is still read a mini-batch at a time."""
+
+    def __init__(self, inner: CountSource, genes: np.ndarray) -> None:
+        self.inner = inner
+        self.genes = np.asarray(genes, dtype=np.int64)
+        self.backed = inner.backed
+        self.num_cells = inner.num_cells
+        self.num_genes = len(self.genes)
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        return self.inner.rows(idx)[:, self.genes]
+
+    def totals(self) -> np.ndarray:
+        step = max(1, BLOCK_VALUES // max(self.inner.num_genes, 1))
+        sums = [
+            self.rows(np.arange(start, min(start + step, self.num_cells))).sum(1, dtype=np.float64)
+            for start in range(0, self.num_cells, step)
+        ]
+        return np.concatenate(sums) if sums else np.zeros(0)
+
+    def subset(self, idx: np.ndarray) -> SelectedGenes:
+        return SelectedGenes(self.inner.subset(idx), self.genes)
+
+
+def select_genes(source: CountSource, genes: np.ndarray) -> CountSource:
+    """``source`` restricted to the columns ``genes`` (in that order): a narrower in-memory
+    matrix, or a :class:`SelectedGenes` view of a backed one."""
+    if isinstance(source, InMemoryCounts):
+        return InMemoryCounts(source.matrix[:, np.asarray(genes, dtype=np.int64)])
+    return SelectedGenes(source, genes)
+
+
 # --------------------------------------------------------------------------------------------
 # What a loader returns
 # --------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ CSV files, and :func:`load_counts`, which picks the reader by the path.
   ``round(expm1(raw.X) * n_counts / 1e4)`` (every value lies within 0.09 of an integer). The
   file is found with :func:`importlib.util.find_spec`, which does not execute scanpy: installing
   scanpy with ``pip install --no-deps scanpy`` is enough, and only h5py reads the file.
-- :func:`~zoo.models.scvi.h5ad.read_h5ad`: the anndata on-disk format
+- :func:`read_h5ad`: the anndata on-disk format
   (:mod:`~zoo.models.scvi.h5ad`; backed reading in :mod:`~zoo.models.scvi.hdf5`).
 - :func:`read_10x_mtx`: a Cell Ranger matrix directory (Zheng et al. 2017, "Massively parallel
   digital transcriptional profiling of single cells", Nat. Commun.): ``matrix.mtx``
@@ -36,6 +36,7 @@ import scipy.sparse as sp
 
 from zoo.data import READ_ERRORS, check_header
 from zoo.errors import DataError, first_line
+from zoo.models.scvi.anndata_io import anndata_available, read_h5ad_with_anndata
 from zoo.models.scvi.counts import (
     LABEL_KEYS,
     CountData,
@@ -45,7 +46,7 @@ from zoo.models.scvi.counts import (
     check_shape,
     finish_count_data,
 )
-from zoo.models.scvi.h5ad import frame_index, frame_numeric, labels_from_frame, read_h5ad
+from zoo.models.scvi.h5ad import frame_index, frame_numeric, labels_from_frame, read_h5ad_h5py
 from zoo.models.scvi.hdf5 import BackedCSRCounts, matrix_shape, read_sparse
 
 PBMC_FILE = "10x_pbmc68k_reduced.h5ad"
@@ -397,6 +398,31 @@ def read_count_csv(
         labels,
         key,
         f"CSV {path.name}",
+    )
+
+
+def read_h5ad(
+    path: str | Path,
+    *,
+    layer: str = "auto",
+    backed: bool = False,
+    label_key: str | None = None,
+    allow_non_counts: bool = False,
+) -> CountData:
+    """An ``.h5ad`` file's counts (``layer``: ``"auto"``, ``"X"``, ``"raw"`` or a layer's
+    name; see :func:`~zoo.models.scvi.h5ad.read_h5ad_h5py`). In memory the anndata package
+    reads it where it is installed and can (:func:`~zoo.models.scvi.anndata_io.
+    read_h5ad_with_anndata`, with the same checks); backed, or where it cannot, h5py alone,
+    which also says in one line what is wrong with a file anndata cannot read."""
+    path = Path(path)
+    if not backed and path.is_file() and anndata_available():
+        data = read_h5ad_with_anndata(
+            path, layer=layer, label_key=label_key, allow_non_counts=allow_non_counts
+        )
+        if data is not None:
+            return data
+    return read_h5ad_h5py(
+        path, layer=layer, backed=backed, label_key=label_key, allow_non_counts=allow_non_counts
     )
 
 

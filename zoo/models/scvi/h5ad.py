@@ -3,7 +3,9 @@
 Virshup et al. (2024), "anndata: access and store annotated data matrices", JOSS: a counts
 layer or ``X`` (or ``raw/X``), dense or CSR/CSC, with the modern (``encoding-type``) and the
 legacy (``h5sparse_format``, compound ``obs``) layouts; cell-type labels from an ``obs``
-column. Backed reading is :mod:`~zoo.models.scvi.hdf5`.
+column. Backed reading is :mod:`~zoo.models.scvi.hdf5`. Where the anndata package is installed,
+an in-memory read goes through it first (:mod:`~zoo.models.scvi.anndata_io`, with the same
+checks); this reader is the fallback and the diagnosis of a file anndata cannot read.
 """
 
 from __future__ import annotations
@@ -151,7 +153,7 @@ def _h5ad_matrix(f: Any, layer: str, where: str) -> tuple[str, str]:
     raise DataError(f"{where} has no layer {layer!r}; available: {', '.join(available) or 'none'}")
 
 
-def read_h5ad(
+def read_h5ad_h5py(
     path: str | Path,
     *,
     layer: str = "auto",
@@ -162,7 +164,9 @@ def read_h5ad(
     """An ``.h5ad`` file's counts: ``layer`` ``"auto"`` (``layers/counts`` if present, else
     ``X``), ``"X"``, ``"raw"`` (``raw/X``) or a layer's name. Dense and CSR/CSC matrices, the
     current and the legacy anndata layouts. ``backed=True`` reads rows on demand (CSR or dense
-    storage; a CSC matrix is loaded into memory, rows being scattered across it).
+    storage; a CSC matrix is loaded into memory, rows being scattered across it). With h5py
+    alone (:func:`zoo.models.scvi.data.read_h5ad` reads a file in memory with the anndata
+    package first, where it is installed).
 
     A sparse matrix's ``indptr`` and ``indices`` are validated before any use (the indices in
     blocks when backed); a file HDF5 cannot read, a missing matrix, names that are not UTF-8
@@ -194,7 +198,7 @@ def _read_h5ad_file(
     label_key: str | None,
     allow_non_counts: bool,
 ) -> CountData:
-    """:func:`read_h5ad` on an open file (every check in order, before any data is used)."""
+    """:func:`read_h5ad_h5py` on an open file (every check in order, before any data is used)."""
     import h5py
 
     where = repr(str(path))

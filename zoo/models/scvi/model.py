@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyro
 import pyro.distributions as dist
+import scipy.sparse as sp
 import torch
 
 from guides.amortized import AmortizedGuide, GaussianEncoder
 from zoo.data_blocks import index_blocks
 from zoo.diagnostics import evaluate
 from zoo.errors import DataError
-from zoo.model import DataPlate, Option, Training, boolean, positive_int, seed_value
+from zoo.model import DataPlate, Guide, Option, Training, boolean, positive_int, seed_value
 from zoo.models.amortized import (
     AmortizedModel,
     CollapseReport,
@@ -37,17 +38,27 @@ from zoo.models.amortized import (
     report_from_moments,
     split_indices,
 )
+from zoo.models.scvi.anndata_io import (
+    anndata_available,
+    count_data_from_anndata,
+    in_memory_counts,
+    latent_adata_of,
+)
 from zoo.models.scvi.counts import (
     CountData,
     CountSource,
     InMemoryCounts,
     check_counts,
     gene_statistics,
+    select_genes,
 )
 from zoo.models.scvi.data import load_counts, load_pbmc68k_reduced
 from zoo.models.scvi.figures import plot_generated_vs_real, plot_latent_embedding
+from zoo.models.scvi.genes import GeneSelection, highly_variable_genes
 from zoo.models.scvi.likelihood import LIKELIHOODS, ScviCounts
 from zoo.models.scvi.simulate import ScviSimulation, make_decoder, simulate_scvi
+from zoo.models.scvi.work import WorkClock
+from zoo.outputs import is_anndata
 from zoo.registry import register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -109,6 +120,13 @@ class SingleCellVI(AmortizedModel):
         Option("label_key", str, "auto", "obs column with cell types (auto: a usual name)"),
         Option("backed", boolean, False, "read h5ad mini-batches from disk (CSR or dense X)"),
         Option("allow_non_counts", boolean, False, "proceed (with a warning) on non-integers"),
+        Option(
+            "n_top_genes",
+            positive_int,
+            None,
+            "keep the N highly variable genes of the training cells (scanpy's flavor "
+            "'seurat'); None: every gene",
+        ),
         Option("latent_dim", positive_int, 10, "size q of the cell embedding z"),
         Option("hidden", positive_int, 128, "width of the encoder's and decoder's hidden layers"),
         Option("depth", positive_int, 1, "hidden layers in each network"),
@@ -127,10 +145,8 @@ class SingleCellVI(AmortizedModel):
         ".h5ad file (counts layer or X; --layer, --backed), 10x matrix directory "
         "(matrix.mtx, genes.tsv/features.tsv, barcodes.tsv) or CSV (cells x genes) of counts"
     )
-    guides = ("mean-field",)
+    guides = {"mean-field": Guide(elbo="meanfield")}
     default_guide = "mean-field"
-    default_elbo = "trace"
-    elbo_for_guide = {"mean-field": "meanfield"}
     # 200 epochs of 5 mini-batches: on the 630 PBMC training cells the held-out likelihood
     # peaks around here and then falls as the decoder overfits (benchmarks/README.md)
     # a history record scores 16 particles of every training cell (0.2 s): 20 records a run
@@ -163,6 +179,10 @@ class SingleCellVI(AmortizedModel):
         self.hidden = [opts["hidden"]] * opts["depth"]
         self.test_particles = opts["test_particles"]
         self.simulation: ScviSimulation | None = None
+        #: the estimate of a run's work, once its first steps are timed (:meth:`on_step`)
+        self.work_estimate: dict[str, Any] | None = None
+        self._work_clock = WorkClock()
+        self._guide: AmortizedGuide | None = None
         label_key = None if opts["label_key"] in ("auto", "") else opts["label_key"]
         if data is None and opts["dataset"] == "simulated":
             sim = simulate_scvi(
@@ -195,6 +215,25 @@ class SingleCellVI(AmortizedModel):
             )
         elif isinstance(data, CountData):
             self.dataset = data
+        elif is_anndata(data):
+            self.dataset = count_data_from_anndata(
+                data,
+                layer=opts["layer"],
+                label_key=label_key,
+                allow_non_counts=opts["allow_non_counts"],
+            )
+        elif sp.issparse(data):
+            where = "the sparse count matrix"
+            source = in_memory_counts(data, where, allow_non_counts=opts["allow_non_counts"])
+            n, g = source.shape
+            self.dataset = CountData(
+                source,
+                np.array([f"cell{i + 1}" for i in range(n)], dtype=object),
+                np.array([f"gene{j + 1}" for j in range(g)], dtype=object),
+                None,
+                None,
+                "sparse count matrix",
+            )
         else:
             values = np.asarray(data)
             if values.ndim != 2:
@@ -224,8 +263,23 @@ class SingleCellVI(AmortizedModel):
         else:
             train, test = np.arange(n), np.zeros(0, dtype=np.int64)
         self.train_index, self.test_index = train, test
-        self.gene_names = d.gene_names
-        self.num_genes = d.num_genes
+        source, self.gene_names = d.source, d.gene_names
+        self.gene_selection: GeneSelection | None = None
+        if opts["n_top_genes"] is not None:  # on the training cells, normalised by all genes
+            on_train = d.source.subset(train) if len(test) else d.source
+            self.gene_selection = selection = highly_variable_genes(
+                on_train, totals[train], opts["n_top_genes"], d.description
+            )
+            source = select_genes(d.source, selection.kept)
+            self.gene_names = d.gene_names[selection.kept]
+            totals = source.totals()
+            empty = int((totals <= 0).sum())
+            if empty:
+                raise DataError(
+                    f"{d.description}: {empty} cell(s) with no counts in the {len(selection.kept)} "
+                    "highly variable genes; filter them first or keep more genes (--n-top-genes)"
+                )
+        self.num_genes = source.num_genes
         log_totals = np.log(totals)
 
         def cells(index: np.ndarray, source: CountSource) -> Cells:
@@ -233,8 +287,8 @@ class SingleCellVI(AmortizedModel):
             log_library = self.tensor(log_totals[index], self.dtype)
             return Cells(source, log_library, d.cell_names[index], labels)
 
-        whole = d.source.subset(train) if opts["test_fraction"] > 0 else d.source
-        self.held_out = cells(test, d.source.subset(test)) if len(test) else None
+        whole = source.subset(train) if opts["test_fraction"] > 0 else source
+        self.held_out = cells(test, source.subset(test)) if len(test) else None
         # the log-normal prior of a latent library: moments over the training cells
         self.library_log_mean = float(log_totals[train].mean())
         self.library_log_scale = float(max(log_totals[train].std(), 1e-3))
@@ -299,14 +353,13 @@ class SingleCellVI(AmortizedModel):
             return self._dense
         if idx is None:
             return self._read_all()
+        if self._dense is not None:  # an index, no cache (and a step zoo.compiled can record)
+            return self._dense[idx]
         cached = self._batch
         if cached is not None and cached[0].shape == idx.shape and torch.equal(cached[0], idx):
             return cached[1]
-        if self._dense is not None:
-            tensor = self._dense[idx]
-        else:
-            rows = self.source.rows(idx.cpu().numpy())
-            tensor = torch.as_tensor(rows, dtype=self.dtype, device=self.device)
+        rows = self.source.rows(idx.cpu().numpy())
+        tensor = torch.as_tensor(rows, dtype=self.dtype, device=self.device)
         self._batch = (idx, tensor)
         return tensor
 
@@ -374,7 +427,8 @@ class SingleCellVI(AmortizedModel):
             return super().build_guide(name)  # raises the usual error
         self.build_networks()
         extra = {"library": self.library_encoder} if self.library_encoder is not None else {}
-        return AmortizedGuide(self, self.encoder, extra=extra)
+        self._guide = AmortizedGuide(self, self.encoder, extra=extra)
+        return self._guide
 
     # -- the simulation's truth -------------------------------------------------------------------
     def set_true_parameters(self) -> None:
@@ -453,10 +507,22 @@ class SingleCellVI(AmortizedModel):
         self.latent_means_table(guide).to_csv(path, index=False)
         return path
 
-    def tables(self, run: RunView) -> dict[str, pd.DataFrame]:
-        """Tables a run saves next to its figures, by file stem (``<stem>.csv``)."""
+    def latent_adata(self, guide: AmortizedGuide, table: pd.DataFrame | None = None) -> Any:
+        """The cells as an ``AnnData`` with the posterior means in ``obsm["X_scvi"]``
+        (:func:`~zoo.models.scvi.anndata_io.latent_adata_of`); ``table`` is
+        :meth:`latent_means_table` where already computed."""
+        table = self.latent_means_table(guide) if table is None else table
+        return latent_adata_of(self, table)
+
+    def tables(self, run: RunView) -> dict[str, Any]:
+        """Tables a run saves next to its figures, by file stem: ``latent_means`` (a data
+        frame, ``latent_means.csv``) and, where anndata is installed, ``latent``
+        (:meth:`latent_adata`, ``latent.h5ad``)."""
         run.guide.sync()
-        return {"latent_means": self.latent_means_table(run.guide)}
+        tables: dict[str, Any] = {"latent_means": self.latent_means_table(run.guide)}
+        if anndata_available():
+            tables["latent"] = self.latent_adata(run.guide, tables["latent_means"])
+        return tables
 
     @torch.no_grad()
     def generate(self, num_cells: int, seed: int = 0) -> np.ndarray:
@@ -491,6 +557,14 @@ class SingleCellVI(AmortizedModel):
     def training_counts(self) -> np.ndarray:
         """Every training cell's counts as one dense array (small data sets only)."""
         return self.counts(None).cpu().numpy()
+
+    # -- the work of a run ------------------------------------------------------------------------
+    def on_step(self, step: int, total: int) -> None:
+        """Time the first training steps and announce the run's work once they are timed
+        (:class:`~zoo.models.scvi.work.WorkClock`); the run's numbers do not change."""
+        estimate = self._work_clock.tick(self, step, total)
+        if estimate is not None:
+            self.work_estimate = estimate
 
     # -- reporting --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -569,6 +643,10 @@ class SingleCellVI(AmortizedModel):
             "library_log_scale": self.library_log_scale,
             "reconstruction_error_per_cell": self.reconstruction_error(guide),
         }
+        if self.gene_selection is not None:
+            out["gene_selection"] = self.gene_selection.record(self.dataset.num_genes)
+        if self.work_estimate is not None:
+            out["work_estimate"] = dict(self.work_estimate)
         if log_theta is not None:
             theta = log_theta.exp().cpu().numpy()
             out["inverse_dispersion"] = {

@@ -67,7 +67,6 @@ class LinearVAE(ArrayVAE):
     )
     guides = ("full-rank", "mean-field")
     default_guide = "full-rank"
-    default_elbo = "trace"
     training = Training(steps=2000, lr=0.1, quick_steps=1000, lr_final_factor=0.001)
     leaderboard = ({"record_every": 20}, {"guide": "mean-field", "record_every": 20})
     dtype = torch.float64

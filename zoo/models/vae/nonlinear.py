@@ -21,7 +21,7 @@ from pyro.distributions import constraints
 
 from guides.amortized import AmortizedGuide, GaussianEncoder, IAFEncoder, MLPDecoder
 from zoo.errors import DataError
-from zoo.model import Option, Training, positive_int, seed_value
+from zoo.model import Guide, Option, Training, positive_int, seed_value
 from zoo.models.vae.base import ArrayVAE
 from zoo.models.vae.data import strict_fraction
 from zoo.registry import register
@@ -63,10 +63,8 @@ class VariationalAutoencoder(ArrayVAE):
         ),
         Option("test_particles", positive_int, 1000, "K of the test-set IWAE in the summary"),
     )
-    guides = ("mean-field", "iaf")
+    guides = {"mean-field": Guide(elbo="meanfield"), "iaf": Guide()}
     default_guide = "mean-field"
-    default_elbo = "trace"
-    elbo_for_guide = {"mean-field": "meanfield"}
     training = Training(
         steps=6000,
         lr=2e-3,
