@@ -76,21 +76,10 @@ def _fit_settings(name: str) -> dict[str, Any]:
 
 def time_runner(name: str, steps: int, compile: bool = False) -> float:
     """The runner's seconds per step; compiled (``compile=True``, :mod:`zoo.compiled`), the
-    build (tracing and TorchInductor, once a run) left out."""
-    import zoo
+    build (tracing and TorchInductor, once a run) left out (``bench_compiled.time_runner``)."""
+    from bench_compiled import time_runner as runner_step
 
-    result = zoo.fit(
-        name,
-        steps=steps,
-        record_every=steps,
-        eval_particles=30,
-        progress=False,
-        lr_final_factor=1.0,
-        compile=compile,
-        **_fit_settings(name),
-    )
-    build = result.compiled["build_seconds"] if compile and result.compiled["compiled"] else 0.0
-    return (result.seconds - build) / steps
+    return runner_step(name, steps, compile, **_fit_settings(name))[0]
 
 
 def _fresh(model: Any, seed: int = 0) -> Any:
