@@ -17,12 +17,21 @@ computed per point, which is the bound users of those models expect.
 
 The gap to the exact log evidence, ``log p(x) - ELBO = KL(q || p(z | x)) >= 0``, is reported
 whenever the model knows log p(x).
+
+On large data the figures can be estimated from a subsample of the points (the run setting
+``eval_subsample``, :class:`PointSubsample`): where the ratios factorise over the data plate,
+n of the N points are drawn uniformly without replacement, each total is N times the mean of
+its per-point estimates, and its standard error adds the sampling of the points to the particle
+noise (:func:`subsample_total`, two-stage sampling: Cochran 1977, *Sampling Techniques*, 3rd
+ed., ch. 10, Theorem 10.2).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -85,6 +94,9 @@ class Diagnostics:
     #: per data point or not computed): how many of the ``num_particles`` draws count
     ess: float = math.nan
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the data points scored where the figures are estimated from a uniformly random subset
+    #: of the ``num_data`` points (:class:`PointSubsample`); None: every point was scored
+    eval_points: int | None = None
 
     @property
     def headline_elbo(self) -> float:
@@ -172,6 +184,12 @@ class Diagnostics:
                 "note: a point-mass guide; its objective log p(x, z*) drops the entropy of q and"
                 " is not a lower bound on log p(x)"
             )
+        if self.eval_points is not None:
+            out.append(
+                f"note: estimated from {self.eval_points:,} of {self.num_data:,} data points (a "
+                "uniformly random subset): totals are N x the subset's mean, their standard "
+                "errors include the subsampling; k-hat is over the subset's points"
+            )
         if self.khat_unreliable:
             out.append(
                 f"warning: k-hat {self.khat:.2f} > {self.khat_threshold:.2f}: importance "
@@ -219,6 +237,129 @@ def finite_or_none(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return "-inf" if obj == -math.inf else None
     return obj
+
+
+# --------------------------------------------------------------------------------------------
+# A subsample of the data points
+# --------------------------------------------------------------------------------------------
+#: ``evaluate(points=RUN_POINTS)``: the subsample of the run under way
+#: (:func:`evaluation_subsample`), every point outside one
+RUN_POINTS = "run"
+#: the keys of the random streams a subsample evaluation draws from (with the run's seed)
+_SUBSET_STREAM, _EVALUATE_STREAM, _RECORD_STREAM = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class PointSubsample:
+    """``points`` of a model's data points, drawn uniformly at random without replacement from a
+    stream of their own seeded by ``seed`` (the training's random stream is not touched): the
+    same points for every pass over the same data."""
+
+    points: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.points, bool) or not isinstance(self.points, int) or self.points < 2:
+            raise ValueError(f"a subsample needs at least 2 points, not {self.points!r}")
+
+    def indices(self, num_data: int) -> np.ndarray | None:
+        """The sorted indices of the subsample of ``num_data`` points; None where it would hold
+        them all (``points >= num_data``: every point is scored, as without a subsample)."""
+        if self.points >= num_data:
+            return None
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, _SUBSET_STREAM]))
+        return np.sort(rng.choice(num_data, size=self.points, replace=False))
+
+
+_RUN_SUBSAMPLE: ContextVar[PointSubsample | None] = ContextVar("zoo_run_subsample", default=None)
+
+
+@contextmanager
+def evaluation_subsample(points: int | None, seed: int = 0) -> Iterator[PointSubsample | None]:
+    """Inside the block, :func:`evaluate` called without ``points`` scores a subsample of
+    ``points`` data points (None: every point): the runner sets the run's ``eval_subsample`` so
+    for the evaluations a model's summary and figures make (:func:`run_subsample`)."""
+    sample = None if points is None else PointSubsample(points, seed)
+    token = _RUN_SUBSAMPLE.set(sample)
+    try:
+        yield sample
+    finally:
+        _RUN_SUBSAMPLE.reset(token)
+
+
+def run_subsample() -> PointSubsample | None:
+    """The subsample of the run under way (:func:`evaluation_subsample`), or None."""
+    return _RUN_SUBSAMPLE.get()
+
+
+def subsample_total(
+    values: torch.Tensor, particle_var: torch.Tensor, num_data: int
+) -> tuple[float, float]:
+    """A total over ``num_data`` = N points from a uniformly random subset of n of them, and its
+    standard error.
+
+    ``values`` are the subset's per-point estimates, each unbiased for its point's term with
+    variance ``particle_var`` (the particle noise: the variance over particles / S). The total
+    is N mean(values), unbiased over the subset and the particles both; its variance is
+    estimated without bias by
+
+        N^2 (1 - n / N) s^2 / n + (N / n) sum_i particle_var_i,
+
+    s^2 the sample variance of the values (divisor n - 1): two-stage sampling, the points the
+    first stage (finite-population corrected) and the particles the second (Cochran 1977,
+    *Sampling Techniques*, 3rd ed., ch. 10, Theorem 10.2). With n = N it is the particle noise
+    alone; without particle noise, the sampling variance of a mean without replacement."""
+    values = torch.as_tensor(values).detach().reshape(-1).double()
+    particle_var = torch.as_tensor(particle_var).detach().reshape(-1).double()
+    n = values.numel()
+    if n < 2:
+        raise ValueError("a subsample total needs at least 2 points")
+    total = num_data * values.mean().item()
+    sampling = num_data**2 * (1.0 - n / num_data) * values.var().item() / n
+    noise = num_data / n * particle_var.sum().item()
+    return total, math.sqrt(max(sampling, 0.0) + noise)
+
+
+def _subset_index(zoo_model: ZooModel, sample: PointSubsample | None) -> np.ndarray | None:
+    """The subsample's indices of ``zoo_model``'s data points (None: every point), refusing a
+    model without a data plate."""
+    if sample is None:
+        return None
+    if zoo_model.data_plate is None:
+        raise ZooError(_NO_SUBSAMPLE.format(name=zoo_model.name, why="it has no data plate"))
+    return sample.indices(zoo_model.num_data)
+
+
+_NO_SUBSAMPLE = (
+    "eval_subsample: model {name!r} cannot be evaluated on a subsample of its data points ({why}); "
+    "leave eval_subsample unset to score every point"
+)
+
+
+def _not_factorising(zoo_model: ZooModel) -> ZooError:
+    why = "its log ratios do not factorise over its data plate: a latent is outside it"
+    return ZooError(_NO_SUBSAMPLE.format(name=zoo_model.name, why=why))
+
+
+@contextmanager
+def _own_stream(seed: int, key: int, step: int, device: torch.device) -> Iterator[None]:
+    """Torch's random stream seeded by (``seed``, ``key``, ``step``) inside the block, and as it
+    was after it: the particles of a subsample evaluation do not touch the training's stream."""
+    devices = [device] if device.type == "cuda" else []
+    state = np.random.SeedSequence([seed, key, step]).generate_state(2, np.uint32)
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(state[0]) << 32 | int(state[1]))
+        yield
+
+
+def _subset_blocks(zoo_model: ZooModel, index: np.ndarray) -> list[torch.Tensor]:
+    """The subsample's indices in blocks of the data plate's ``block_size`` (one block without)."""
+    size = zoo_model.data_plate.block_size or len(index)
+    device = zoo_model.device
+    return [
+        torch.as_tensor(index[start : start + size], device=device)
+        for start in range(0, len(index), size)
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,10 +446,15 @@ class _Chunk:
     is_bound: bool  # False when the guide is a point mass (no auxiliary latent, Delta sites)
     weights: bool  # the log ratios are importance weights (a bound, no random term drawn)
     point_log_w: torch.Tensor | None  # (n, N) when ratios factorise over the data plate
+    point_ell: torch.Tensor | None = None  # (n, N) of the observations, where asked for
 
 
 def _evaluate_chunk(
-    zoo_model: ZooModel, guide: Callable, num: int, block: torch.Tensor | None = None
+    zoo_model: ZooModel,
+    guide: Callable,
+    num: int,
+    block: torch.Tensor | None = None,
+    per_point: bool = False,
 ) -> _Chunk:
     mpn = zoo_model.max_plate_nesting
     _, model_trace, guide_trace = vectorized_or_named(
@@ -344,16 +490,30 @@ def _evaluate_chunk(
     )
     kl_total = sum(kl_by_site.values(), zero) + rest
 
-    point_log_w = None
+    point_log_w = point_ell = None
     plate = zoo_model.data_plate
     if plate is not None:
         size = zoo_model.num_data if block is None else len(block)
         point_log_w = _point_log_weights(plate.name, size, model_trace, guide_trace, num, mpn)
+        if per_point and point_log_w is not None:  # every site with a log-prob is in the plate
+            point_ell = torch.zeros(num, size, device=zoo_model.device)
+            for site in obs_sites.values():
+                lp = _per_point(site, site["log_prob"], num, plate.name, size, mpn)
+                point_ell = point_ell if lp is None else point_ell + lp
     unpaired = q_sites.keys() ^ p_sites.keys()
     is_bound = _is_bound(q_sites)
     weights = is_bound and not (draws_random_term(model_trace) or draws_random_term(guide_trace))
     return _Chunk(
-        log_w, ell, kl_total, kl_by_site, analytic, unpaired, is_bound, weights, point_log_w
+        log_w,
+        ell,
+        kl_total,
+        kl_by_site,
+        analytic,
+        unpaired,
+        is_bound,
+        weights,
+        point_log_w,
+        point_ell,
     )
 
 
@@ -448,10 +608,19 @@ class _Block:
     iwae: float = math.nan  # sum over the block's points of log mean_s w_is
     iwae_var: float = math.nan  # sum of their squared standard errors
     khat: float = math.nan  # max over the block's points
+    #: per point, where asked for: the estimates ``elbo``, ``ell`` (and ``iwae``) and their
+    #: particle variances ``elbo_var``, ``ell_var`` (``iwae_var``), float64 of the block's size
+    points: dict[str, torch.Tensor] | None = None
 
 
 def _evaluate_block(
-    zoo_model: ZooModel, guide: Callable, num_particles: int, block: torch.Tensor | None, *, khat
+    zoo_model: ZooModel,
+    guide: Callable,
+    num_particles: int,
+    block: torch.Tensor | None,
+    *,
+    khat: bool,
+    per_point: bool = False,
 ) -> _Block:
     size = zoo_model.num_data if block is None else len(block)
     plate = zoo_model.data_plate
@@ -462,7 +631,7 @@ def _evaluate_block(
     while remaining > 0:
         n = min(per_chunk, remaining)
         n = n if n > 1 or not chunks else 2  # a single particle would drop the particle dim
-        chunks.append(_evaluate_chunk(zoo_model, guide, n, block))
+        chunks.append(_evaluate_chunk(zoo_model, guide, n, block, per_point))
         remaining -= n
 
     def cat(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -486,6 +655,19 @@ def _evaluate_block(
         out.iwae, out.iwae_var = iwae_i.sum().item(), se_i.pow(2).sum().item()
         if khat and point_log_w.shape[0] >= MIN_DRAWS:
             out.khat = float(np.max([pareto_khat(c) for c in point_log_w.numpy().T]))
+    if per_point and out.factorises:
+        point_log_w = cat([c.point_log_w for c in chunks])
+        point_ell = cat([c.point_ell for c in chunks])
+        count = point_log_w.shape[0]
+        out.points = {
+            "elbo": point_log_w.mean(0),
+            "elbo_var": point_log_w.var(0) / count,
+            "ell": point_ell.mean(0),
+            "ell_var": point_ell.var(0) / count,
+        }
+        if out.weights:
+            iwae_i, se_i = iwae_with_se(point_log_w, 0)
+            out.points["iwae"], out.points["iwae_var"] = iwae_i, se_i.pow(2)
     return out
 
 
@@ -516,15 +698,35 @@ def evaluate(
     num_particles: int = 1000,
     guide_name: str | None = None,
     with_khat: bool = True,
+    points: int | str | None = RUN_POINTS,
+    seed: int = 0,
 ) -> Diagnostics:
     """Diagnose ``guide`` against ``zoo_model`` at the current parameters (full data).
 
     Models whose data plate has a ``block_size`` are evaluated a block of points at a time; the
     ratios then factorise over the points, so each particle's totals are sums over blocks, and
     the per-point IWAE and k-hat are computed within each block.
+
+    ``points`` (an int: n of the N data points, a :class:`PointSubsample` seeded by ``seed``;
+    None: every point; by default the run's subsample, :func:`evaluation_subsample`, where one
+    is set) estimates the figures from a uniformly random subset of the points, for a model
+    whose log ratios factorise over its data plate (a one-line :class:`ZooError` for any other):
+    totals are N times the subset's mean, their standard errors add the sampling of the points
+    to the particle noise (:func:`subsample_total`), k-hat is the largest over the subset's
+    points, and the particles come from a stream seeded by ``seed``. ``points >= N`` scores
+    every point, exactly as None.
     """
     if num_particles < 2:
         raise ValueError("the diagnostics need at least 2 particles")
+    if points == RUN_POINTS:
+        sample = run_subsample()
+    else:
+        sample = None if points is None else PointSubsample(int(points), seed)
+    index = _subset_index(zoo_model, sample)
+    if index is not None:
+        return _evaluate_subset(
+            zoo_model, guide, num_particles, guide_name, with_khat, sample, index
+        )
     blocks = _blocks(zoo_model, guide, num_particles, khat=with_khat)
     log_w = sum(b.log_w for b in blocks)
     ell = sum(b.ell for b in blocks)
@@ -532,13 +734,7 @@ def evaluate(
     first = blocks[0]
     sites = first.kl_by_site.keys()
     kl_by_site = {s: sum(b.kl_by_site[s].mean().item() for b in blocks) for s in sites}
-    analytic = first.analytic_sites
-    if not analytic:
-        kl_method = "monte-carlo"
-    elif analytic == set(sites) and not first.unpaired_sites:
-        kl_method = "analytic"
-    else:
-        kl_method = "mixed"
+    kl_method = _kl_method(first)
 
     elbo, elbo_se = mean_with_se(log_w)
     ell_mean, ell_se = mean_with_se(ell)
@@ -569,12 +765,7 @@ def evaluate(
         else:
             khat, khat_scope = pareto_khat(log_w.numpy()), "joint"
 
-    log_evidence = zoo_model.log_evidence()
-    best = zoo_model.best_elbo(guide_name) if guide_name is not None else None
-    top = zoo_model.max_log_evidence()
-    exact = None
-    if guide_name is not None and first.is_bound:
-        exact = zoo_model.exact_elbo(guide, guide_name)
+    exact_figures = _exact_figures(zoo_model, guide, guide_name, first.is_bound)
     return Diagnostics(
         num_data=zoo_model.num_data,
         num_particles=num,
@@ -591,13 +782,104 @@ def evaluate(
         khat=khat,
         ess=ess,
         khat_scope=khat_scope,
-        log_evidence=None if log_evidence is None else float(log_evidence),
-        best_elbo=None if best is None else float(best),
-        exact_elbo=None if exact is None else float(exact),
-        max_log_evidence=None if top is None else float(top),
-        max_log_evidence_label=zoo_model.maximum_label,
         elbo_is_bound=first.is_bound,
         khat_threshold=khat_threshold(num),
+        **exact_figures,
+    )
+
+
+def _kl_method(first: _Block) -> str:
+    """How the KL was computed: every site analytic, none, or some."""
+    analytic, sites = first.analytic_sites, set(first.kl_by_site)
+    if not analytic:
+        return "monte-carlo"
+    if analytic == sites and not first.unpaired_sites:
+        return "analytic"
+    return "mixed"
+
+
+def _exact_figures(
+    zoo_model: ZooModel, guide: Callable, guide_name: str | None, is_bound: bool
+) -> dict[str, Any]:
+    """What the model knows in closed form about the whole data: the log evidence, the best
+    ELBO of the guide's family, the maximum over theta, the guide's exact ELBO."""
+    log_evidence = zoo_model.log_evidence()
+    best = zoo_model.best_elbo(guide_name) if guide_name is not None else None
+    top = zoo_model.max_log_evidence()
+    exact = None
+    if guide_name is not None and is_bound:
+        exact = zoo_model.exact_elbo(guide, guide_name)
+    return {
+        "log_evidence": None if log_evidence is None else float(log_evidence),
+        "best_elbo": None if best is None else float(best),
+        "exact_elbo": None if exact is None else float(exact),
+        "max_log_evidence": None if top is None else float(top),
+        "max_log_evidence_label": zoo_model.maximum_label,
+    }
+
+
+def _evaluate_subset(
+    zoo_model: ZooModel,
+    guide: Callable,
+    num_particles: int,
+    guide_name: str | None,
+    with_khat: bool,
+    sample: PointSubsample,
+    index: np.ndarray,
+) -> Diagnostics:
+    """:func:`evaluate` on the data points ``index`` (a :class:`PointSubsample`), a block of
+    them at a time, the figures scaled to all the points."""
+    blocks = []
+    with _own_stream(sample.seed, _EVALUATE_STREAM, 0, zoo_model.device):
+        for block in _subset_blocks(zoo_model, index):
+            result = _evaluate_block(
+                zoo_model, guide, num_particles, block, khat=with_khat, per_point=True
+            )
+            if not result.factorises:
+                raise _not_factorising(zoo_model)
+            blocks.append(result)
+    big_n, n = zoo_model.num_data, len(index)
+    first = blocks[0]
+    per = {key: torch.cat([b.points[key] for b in blocks]) for key in first.points}
+    elbo, elbo_se = subsample_total(per["elbo"], per["elbo_var"], big_n)
+    ell, ell_se = subsample_total(per["ell"], per["ell_var"], big_n)
+    scale = big_n / n
+    kl = scale * sum(b.kl for b in blocks).mean().item()
+    kl_by_site = {
+        s: scale * sum(b.kl_by_site[s].mean().item() for b in blocks) for s in first.kl_by_site
+    }
+    num = int(first.log_w.shape[0])
+    iwae, iwae_se = math.nan, math.nan
+    if not first.is_bound:
+        iwae_scope = "not computed: a point-mass guide has no importance weights"
+    elif not first.weights:
+        iwae_scope = "not computed: the log ratios are not importance weights"
+    else:
+        iwae, iwae_se = subsample_total(per["iwae"], per["iwae_var"], big_n)
+        iwae_scope = f"per data point, K={num}"
+    khat, khat_scope = math.nan, "not computed" if first.is_bound else "not computed: no weights"
+    if with_khat and first.weights and num >= MIN_DRAWS:
+        khat = float(np.max([b.khat for b in blocks]))
+        khat_scope = f"max over {n:,} of {big_n:,} data points"
+    return Diagnostics(
+        num_data=big_n,
+        num_particles=num,
+        elbo=elbo,
+        elbo_se=elbo_se,
+        expected_log_likelihood=ell,
+        expected_log_likelihood_se=ell_se,
+        kl=kl,
+        kl_method=_kl_method(first),
+        kl_by_site=kl_by_site,
+        iwae=iwae,
+        iwae_se=iwae_se,
+        iwae_scope=iwae_scope,
+        khat=khat,
+        khat_scope=khat_scope,
+        elbo_is_bound=first.is_bound,
+        khat_threshold=khat_threshold(num),
+        eval_points=n,
+        **_exact_figures(zoo_model, guide, guide_name, first.is_bound),
     )
 
 
@@ -610,11 +892,27 @@ def khat_threshold(num_draws: int) -> float:
 
 
 @torch.no_grad()
-def quick_terms(zoo_model: ZooModel, guide: Callable, num_particles: int) -> dict[str, float]:
+def quick_terms(
+    zoo_model: ZooModel,
+    guide: Callable,
+    num_particles: int,
+    *,
+    points: int | None = None,
+    seed: int = 0,
+    step: int = 0,
+) -> dict[str, float]:
     """ELBO and its two halves from a few particles: cheap enough to log during training; and
     from the same particles ``iwae``, log mean_k w_k of the weights of all the latents jointly
-    (a bound on log p(x) too, NaN where the ratios are not importance weights)."""
+    (a bound on log p(x) too, NaN where the ratios are not importance weights).
+
+    With ``points`` (n of the N data points, a :class:`PointSubsample` seeded by ``seed``: the
+    same points at every ``step``) the terms are N times their mean over the subset, from
+    particles seeded by (``seed``, ``step``); ``iwae`` is then NaN (a joint bound over all the
+    points is not a sum over them). ``points >= N`` (or None) scores every point."""
     num = max(2, num_particles)
+    index = _subset_index(zoo_model, None if points is None else PointSubsample(points, seed))
+    if index is not None:
+        return _quick_terms_subset(zoo_model, guide, num, index, seed, step)
     chunks = map_blocks(  # data-parallel: each rank its share of the blocks, gathered on all
         zoo_model,
         lambda block: _evaluate_chunk(zoo_model, guide, num, block),
@@ -629,3 +927,22 @@ def quick_terms(zoo_model: ZooModel, guide: Callable, num_particles: int) -> dic
     joint = sum(c.log_w.double() for c in chunks)
     terms["iwae"] = log_mean_exp(joint).item() if weights else math.nan
     return terms
+
+
+def _quick_terms_subset(
+    zoo_model: ZooModel, guide: Callable, num: int, index: np.ndarray, seed: int, step: int
+) -> dict[str, float]:
+    """:func:`quick_terms` on the data points ``index``, scaled to all the points."""
+    terms = {"elbo": 0.0, "expected_log_likelihood": 0.0, "kl": 0.0}
+    with _own_stream(seed, _RECORD_STREAM, step, zoo_model.device):
+        for block in _subset_blocks(zoo_model, index):
+            chunk = _evaluate_chunk(zoo_model, guide, num, block)
+            if chunk.point_log_w is None:
+                raise _not_factorising(zoo_model)
+            terms["elbo"] += chunk.log_w.mean().item()
+            terms["expected_log_likelihood"] += chunk.ell.mean().item()
+            terms["kl"] += chunk.kl.mean().item()
+    scale = zoo_model.num_data / len(index)
+    out = {key: scale * value for key, value in terms.items()}
+    out["iwae"] = math.nan
+    return out

@@ -151,6 +151,14 @@ def open_fraction(value: Any) -> float:
     return number
 
 
+def fraction_below_one(value: Any) -> float:
+    """An option type: a number in [0, 1) (0: none of it)."""
+    number = finite_float(value)
+    if not 0 <= number < 1:
+        raise ValueError(f"{value!r} is not in [0, 1)")
+    return number
+
+
 MAX_EVAL_PARTICLES = 1_000_000
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 import pyro
 import torch
 
-from zoo.diagnostics import Diagnostics
+from zoo.diagnostics import Diagnostics, evaluation_subsample
 from zoo.errors import ZooError
 from zoo.model import ZooModel
 from zoo.run_view import RunView
@@ -367,7 +367,8 @@ class FitResult:
                 self.history, self.diagnostics.num_data, title
             )
         view = self.view()
-        with view.active():
+        points = evaluation_subsample(self.config.eval_subsample, self.config.seed)
+        with view.active(), points:  # the model's evaluations: eval_subsample
             figures.update(self.model.plots(view))
         return figures
 

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from zoo import distributed
 from zoo.annealing import LatentScale, warmup_weight
 from zoo.data_blocks import data_blocks, on_block
-from zoo.diagnostics import evaluate, quick_terms
+from zoo.diagnostics import evaluate, evaluation_subsample, quick_terms
 from zoo.errors import NonFiniteLossError, ZooError, first_line
 from zoo.estimators import make_estimator, prepare_guide
 from zoo.live_logs import LiveLogs
@@ -509,7 +509,9 @@ class _Trainer:
 
     # -- the loop -------------------------------------------------------------------------------
     def _record(self, step: int, guide, train_elbo: float) -> dict[str, float]:
-        terms = quick_terms(self.model, guide, self.config.trace_particles)
+        cfg = self.config  # eval_subsample: the same subsample of the points at every record
+        points = {"points": cfg.eval_subsample, "seed": cfg.seed, "step": step}
+        terms = quick_terms(self.model, guide, cfg.trace_particles, **points)
         log_ev = self.model.log_evidence()
         row = {
             "step": step,
@@ -535,10 +537,19 @@ class _Trainer:
         devices = [self.model.device] if self.model.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             torch.manual_seed(self.config.seed * 1_000_003 + step)
-            terms = quick_terms(held, held_guide, self.config.trace_particles)
+            cfg = self.config
+            points = {"points": cfg.eval_subsample, "seed": cfg.seed, "step": step}
+            terms = quick_terms(held, held_guide, cfg.trace_particles, **points)
         return {"held_out_elbo_per_point": terms["elbo"] / held.num_data}
 
     def run(self, progress: bool | None, checkpoint: dict[str, Any] | None = None) -> FitResult:
+        """Train, diagnose, summarise; the model's own evaluations (its summary, an estimate of
+        the run's work) score the run's subsample of the data points (``eval_subsample``:
+        :func:`~zoo.diagnostics.evaluation_subsample`)."""
+        with evaluation_subsample(self.config.eval_subsample, self.config.seed):
+            return self._run(progress, checkpoint)
+
+    def _run(self, progress: bool | None, checkpoint: dict[str, Any] | None) -> FitResult:
         cfg = self.config
         guide, svi, optim = self._build()
         self.guide = guide
@@ -585,7 +596,12 @@ class _Trainer:
         self._check_divergence()
 
         diagnostics = evaluate(
-            self.model, guide, num_particles=cfg.eval_particles, guide_name=cfg.guide
+            self.model,
+            guide,
+            num_particles=cfg.eval_particles,
+            guide_name=cfg.guide,
+            points=cfg.eval_subsample,
+            seed=cfg.seed,
         )
         store = pyro.get_param_store().get_state()
         param_state = {
@@ -600,10 +616,19 @@ class _Trainer:
             diagnostics=diagnostics,
             seconds=self.elapsed,
             param_state=param_state,
-            summary=self.model.summary(guide, cfg.guide),
+            summary=self._summary(guide),
             posterior_draws=self._posterior_draws(guide),
             compiled=compile_status(stepper),
         )
+
+    def _summary(self, guide) -> dict[str, Any]:
+        """The model's summary, with the run's ``eval_subsample`` where its evaluations scored
+        a subsample of the data points."""
+        summary = self.model.summary(guide, self.config.guide)
+        points = self.config.eval_subsample
+        if points is not None and isinstance(summary, dict):
+            summary.setdefault("eval_subsample", points)
+        return summary
 
     def _check_divergence(self) -> None:
         """Refuse a run whose ELBO ended far below where it started: training that maximises

@@ -36,6 +36,7 @@ from zoo.declarations import (
 from zoo.errors import ZooError
 from zoo.options import (
     MAX_EVAL_PARTICLES,
+    at_least,
     boolean,
     eval_particle_count,
     non_negative_int,
@@ -286,10 +287,24 @@ def _record_every(value: int | None, r: Resolution) -> int:
         # a record scores trace_particles particles of every point, a step `particles` of one
         # batch: on large data space the records so that they cost at most four times the
         # training steps between them (200,000 points in batches of 1000: a record every 800
-        # steps instead of most of the run's time)
-        work = v["trace_particles"] * r.model.num_data / (v["particles"] * v["batch_size"])
+        # steps instead of most of the run's time); of the eval_subsample points where a record
+        # scores a subsample
+        scored = v["eval_subsample"] or r.model.num_data
+        work = v["trace_particles"] * scored / (v["particles"] * v["batch_size"])
         record = max(record, math.ceil(work / 4))
     return record
+
+
+def _eval_subsample(value: int | None, r: Resolution) -> int | None:
+    m = r.model
+    if value is None:
+        return None
+    if m.data_plate is None:
+        raise ZooError(
+            f"eval_subsample: model {m.name!r} has no data plate to subsample (its latents are "
+            "global); leave eval_subsample unset to score every point"
+        )
+    return None if value >= m.num_data else value
 
 
 def _checkpoint_every(value: int | None, r: Resolution) -> int:
@@ -489,6 +504,20 @@ SETTINGS: tuple[Setting, ...] = (
         "particles for each history row's ELBO",
         default=16,
         group="diagnostics",
+    ),
+    Setting(
+        "eval_subsample",
+        int,
+        at_least(2),
+        "data points the final diagnostics, the history rows and the model's own evaluations "
+        "score: a uniformly random subset (seeded by --seed), totals N x its mean, standard "
+        "errors with the subsampling; the history then has no joint IWAE (default: every point)",
+        optional=True,
+        rule=_eval_subsample,
+        group="diagnostics",
+        metavar="N",
+        applies=lambda cls: cls.data_plate is not None,
+        stored_default=None,
     ),
     Setting(
         "record_every",

@@ -12,6 +12,7 @@ and cell-type labels where the file has them. Values that are not counts are a o
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -331,3 +332,25 @@ def gene_statistics(counts: np.ndarray | Iterable[np.ndarray]) -> dict[str, np.n
     if mean is None:
         raise ValueError("no cells")
     return {"mean": mean, "variance": m2 / n, "zero_fraction": zeros / n}
+
+
+def compare_gene_statistics(
+    real: dict[str, np.ndarray], fake: dict[str, np.ndarray]
+) -> dict[str, float]:
+    """How two sets of cells (:func:`gene_statistics` of each) match gene by gene: the
+    correlations across genes of log mean, log variance and zero fraction, and the zero
+    fractions themselves."""
+
+    def corr(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else math.nan
+
+    return {
+        "corr_log_mean": corr(np.log1p(real["mean"]), np.log1p(fake["mean"])),
+        "corr_log_variance": corr(np.log1p(real["variance"]), np.log1p(fake["variance"])),
+        "corr_zero_fraction": corr(real["zero_fraction"], fake["zero_fraction"]),
+        "mean_abs_diff_zero_fraction": float(
+            np.abs(real["zero_fraction"] - fake["zero_fraction"]).mean()
+        ),
+        "zero_fraction_real": float(real["zero_fraction"].mean()),
+        "zero_fraction_generated": float(fake["zero_fraction"].mean()),
+    }

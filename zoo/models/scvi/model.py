@@ -27,7 +27,7 @@ import torch
 
 from guides.amortized import AmortizedGuide, GaussianEncoder
 from zoo.data_blocks import index_blocks
-from zoo.diagnostics import evaluate
+from zoo.diagnostics import evaluate, run_subsample
 from zoo.errors import DataError
 from zoo.model import DataPlate, Guide, Option, Training, boolean, positive_int, seed_value
 from zoo.models.amortized import (
@@ -49,6 +49,7 @@ from zoo.models.scvi.counts import (
     CountSource,
     InMemoryCounts,
     check_counts,
+    compare_gene_statistics,
     gene_statistics,
     select_genes,
 )
@@ -58,6 +59,7 @@ from zoo.models.scvi.genes import GeneSelection, highly_variable_genes
 from zoo.models.scvi.likelihood import LIKELIHOODS, ScviCounts
 from zoo.models.scvi.simulate import ScviSimulation, make_decoder, simulate_scvi
 from zoo.models.scvi.work import WorkClock
+from zoo.options import fraction_below_one
 from zoo.outputs import is_anndata
 from zoo.registry import register
 
@@ -70,13 +72,6 @@ if TYPE_CHECKING:  # pragma: no cover
 LIBRARY_MODES = ("observed", "latent")
 #: a count matrix up to this many entries is kept dense in memory (float32) for training
 DENSE_LIMIT = 1 << 25
-
-
-def _held_out_fraction(value: Any) -> float:
-    value = float(value)
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{value!r} is not in [0, 1)")
-    return value
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,7 +129,7 @@ class SingleCellVI(AmortizedModel):
         Option(
             "library", str, "observed", "library size: observed or latent", choices=LIBRARY_MODES
         ),
-        Option("test_fraction", _held_out_fraction, 0.1, "fraction of cells held out (0: none)"),
+        Option("test_fraction", fraction_below_one, 0.1, "fraction of cells held out (0: none)"),
         Option("split_seed", seed_value, 0, "seed of the train/held-out split"),
         Option("test_particles", positive_int, 1000, "K of the held-out marginal likelihood"),
         Option("num_cells", positive_int, 1000, "cells of the simulated data set"),
@@ -373,6 +368,21 @@ class SingleCellVI(AmortizedModel):
         for idx in self.index_blocks():
             yield self.counts(idx)
 
+    def evaluation_blocks(self) -> list[torch.Tensor]:
+        """The blocks of bound cells a summary or a figure scores: every cell
+        (:meth:`index_blocks`), or, inside a run's subsample of the data points (``eval_subsample``:
+        :func:`~zoo.diagnostics.run_subsample`), the subsample's cells, in blocks of
+        ``data_plate.block_size``."""
+        sample = run_subsample()
+        index = None if sample is None else sample.indices(self.num_data)
+        if index is None:
+            return self.index_blocks()
+        size = self.data_plate.block_size
+        return [
+            torch.as_tensor(index[start : start + size], device=self.device)
+            for start in range(0, len(index), size)
+        ]
+
     def encoder_input(self, idx: torch.Tensor | None) -> torch.Tensor:
         return torch.log1p(self.counts(idx))
 
@@ -452,16 +462,19 @@ class SingleCellVI(AmortizedModel):
 
     @torch.no_grad()
     def posterior_means(
-        self, guide: AmortizedGuide, held_out: bool = False
+        self,
+        guide: AmortizedGuide,
+        held_out: bool = False,
+        blocks: list[torch.Tensor] | None = None,
     ) -> dict[str, np.ndarray]:
         """E_q[z | x] (and E_q[log l | x]) of every bound cell (every held-out cell with
-        ``held_out``)."""
+        ``held_out``), or of the cells in ``blocks`` (of indices)."""
         owner = self.on_test_split() if held_out else self
         guide.sync()
         out: dict[str, list[np.ndarray]] = {"z": []}
         if guide.extra:
             out["library"] = []
-        for idx in owner.index_blocks():
+        for idx in owner.index_blocks() if blocks is None else blocks:
             y = owner.encoder_input(idx)
             out["z"].append(guide.encoder.distribution(y).mean.cpu().numpy())
             for site, encoder in guide.extra.items():
@@ -472,11 +485,12 @@ class SingleCellVI(AmortizedModel):
 
     @torch.no_grad()
     def collapse(self, guide: AmortizedGuide) -> CollapseReport:
-        """Posterior-collapse diagnostics of q(z | x) over the training cells, from the
-        encoder's means and variances (a block of cells at a time)."""
+        """Posterior-collapse diagnostics of q(z | x) over the training cells (the run's
+        subsample of them, :meth:`evaluation_blocks`), from the encoder's means and variances
+        (a block of cells at a time)."""
         guide.sync()
         loc, var = [], []
-        for idx in self.index_blocks():
+        for idx in self.evaluation_blocks():
             q = guide.encoder.distribution(self.encoder_input(idx)).base_dist
             loc.append(q.loc)
             var.append(q.scale.pow(2))
@@ -574,7 +588,9 @@ class SingleCellVI(AmortizedModel):
         and the reconstruction error -E_q log p(x | z, l), totals and per cell."""
         d = self.evaluate_held_out(guide, num_particles)
         n = d.num_data
+        scored = {} if d.eval_points is None else {"eval_points": d.eval_points}
         return {
+            **scored,
             "num_cells": n,
             "num_particles": d.num_particles,
             "elbo": d.elbo,
@@ -603,30 +619,18 @@ class SingleCellVI(AmortizedModel):
         return -d.expected_log_likelihood / d.num_data
 
     def gene_statistics(self, seed: int = 0) -> tuple[dict[str, np.ndarray], ...]:
-        """Per-gene statistics of the training cells and of as many generated ones, each
-        accumulated a block of cells at a time."""
-        real = gene_statistics(c.cpu().numpy() for c in self.count_blocks())
-        fake = gene_statistics(self.generate_blocks(self.num_data, seed))
+        """Per-gene statistics of the training cells (the run's subsample of them,
+        :meth:`evaluation_blocks`) and of as many generated ones, each accumulated a block of
+        cells at a time."""
+        blocks = self.evaluation_blocks()
+        real = gene_statistics(self.counts(idx).cpu().numpy() for idx in blocks)
+        fake = gene_statistics(self.generate_blocks(sum(len(b) for b in blocks), seed))
         return real, fake
 
     def generated_vs_real(self, seed: int = 0) -> dict[str, float]:
         """How synthetic cells (as many as training cells) match the real ones gene by gene:
         correlations of log mean, log variance and zero fraction across genes."""
-        real, fake = self.gene_statistics(seed)
-
-        def corr(a: np.ndarray, b: np.ndarray) -> float:
-            return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else math.nan
-
-        return {
-            "corr_log_mean": corr(np.log1p(real["mean"]), np.log1p(fake["mean"])),
-            "corr_log_variance": corr(np.log1p(real["variance"]), np.log1p(fake["variance"])),
-            "corr_zero_fraction": corr(real["zero_fraction"], fake["zero_fraction"]),
-            "mean_abs_diff_zero_fraction": float(
-                np.abs(real["zero_fraction"] - fake["zero_fraction"]).mean()
-            ),
-            "zero_fraction_real": float(real["zero_fraction"].mean()),
-            "zero_fraction_generated": float(fake["zero_fraction"].mean()),
-        }
+        return compare_gene_statistics(*self.gene_statistics(seed))
 
     def summary(self, guide: AmortizedGuide, guide_name: str) -> dict[str, Any]:
         guide.sync()
@@ -678,11 +682,14 @@ class SingleCellVI(AmortizedModel):
         guide: AmortizedGuide = run.guide
         guide.sync()
         self.ensure_networks()
-        means = self.posterior_means(guide)["z"]
+        blocks = self.evaluation_blocks()  # every cell, or the run's eval_subsample
+        cells = torch.cat(blocks).cpu().numpy()
+        means = self.posterior_means(guide, blocks=blocks)["z"]
+        labels = None if self.labels is None else self.labels[cells]
         figures = {
-            "latent_embedding": plot_latent_embedding(means, self.labels, self.title),
+            "latent_embedding": plot_latent_embedding(means, labels, self.title),
             "generated_vs_real": plot_generated_vs_real(
-                *self.gene_statistics(), self.title, self.num_data
+                *self.gene_statistics(), self.title, len(cells)
             ),
             "kl_per_dim": plot_kl_per_dim(self.collapse(guide), self.title),
         }

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from zoo.diagnostics import evaluate
+from zoo.diagnostics import evaluate, run_subsample
 
 if TYPE_CHECKING:  # pragma: no cover
     from zoo.models.scvi.model import SingleCellVI
@@ -82,7 +82,7 @@ def seconds_per_pair(model: SingleCellVI, cells: int = 32, particles: int = 32) 
     devices = [model.device] if model.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         tic = time.perf_counter()
-        evaluate(probe, guide.bind(probe), num_particles=particles, with_khat=False)
+        evaluate(probe, guide.bind(probe), num_particles=particles, with_khat=False, points=None)
         elapsed = time.perf_counter() - tic
     return elapsed / (len(idx) * particles)
 
@@ -96,27 +96,35 @@ def estimate_work(
     of a (particle, cell) pair (:func:`seconds_per_pair`): the diagnostics (the default
     ``eval_particles`` per training cell: the model does not see the run's own), the
     held-out likelihood (``test_particles`` per held-out cell) and the reconstruction
-    error (16 per training cell). Estimates, stated with "~"; None before a guide is
-    built."""
+    error (16 per training cell); of at most the run's ``eval_subsample`` cells of each split
+    where it sets one (:func:`~zoo.diagnostics.run_subsample`). Estimates, stated with "~";
+    None before a guide is built."""
     from zoo.settings import BY_NAME
 
     pair = seconds_per_pair(model)
     if pair is None:
         return None
     n_train, n_test = model.num_data, len(model.test_index)
+    sample = run_subsample()
+    train_scored, test_scored = (
+        (n_train, n_test)
+        if sample is None
+        else (min(n_train, sample.points), min(n_test, sample.points))
+    )
     eval_particles = int(BY_NAME["eval_particles"].default)
     trace_particles = int(BY_NAME["trace_particles"].default)
-    records = trace_particles * (n_train + n_test) * model.training.records
+    records = trace_particles * (train_scored + test_scored) * model.training.records
     train_s = remaining * seconds_per_step + records * pair
-    pairs = eval_particles * n_train + model.test_particles * n_test + 16 * n_train
+    pairs = eval_particles * train_scored + model.test_particles * test_scored + 16 * train_scored
     eval_s = pairs * pair
+    scored = "" if sample is None else f" of {train_scored:,} cells"
     genes = f"{model.dataset.num_genes:,} genes"
     if model.gene_selection is not None:
         genes += f" ({model.num_genes:,} kept)"
     line = (
         f"{model.name}: {n_train + n_test:,} cells x {genes}, ~{seconds_per_step:.2g} s per "
         f"step, ~{_duration(train_s)} for {remaining:,} steps + ~{_duration(eval_s)} "
-        f"evaluation ({eval_particles:,} particles per cell)"
+        f"evaluation ({eval_particles:,} particles per cell{scored})"
     )
     return {
         "seconds_per_step": seconds_per_step,
