@@ -13,7 +13,7 @@ from scipy.stats import multivariate_normal
 
 import zoo
 from zoo.diagnostics import evaluate
-from zoo.errors import DataError
+from zoo.errors import DataError, ZooError
 from zoo.models.diffusion import Diffusion  # importing it registers the model
 from zoo.models.diffusion import exact as densities
 from zoo.models.diffusion import maths as dm
@@ -452,6 +452,212 @@ def test_user_data_has_no_density_and_bad_input_is_refused(tmp_path):
         Diffusion(pts, denoiser="oracle")
     with pytest.raises(DataError, match="gamma_min"):
         Diffusion(gamma_min=1.0)
+
+
+# -- importance-sampled tau, the weight average, the exact-denoiser gap ----------------------------
+def test_piecewise_quantile_inverts_the_cdf_and_reweights_to_the_uniform():
+    probs = torch.tensor([0.05, 0.4, 0.1, 0.3, 0.15], dtype=F64)
+    u = (torch.arange(10_000, dtype=F64) + 0.5) / 10_000
+    tau, density = dm.piecewise_quantile(probs, u)
+    assert (tau.diff() >= 0).all() and tau.min() >= 0 and tau.max() <= 1
+    # the CDF at tau is u, and the density is K probs_k on bin k
+    k = (tau * 5).long().clamp(max=4)
+    cdf = torch.cumsum(probs, 0)[k] - probs[k] + (tau * 5 - k) * probs[k]
+    torch.testing.assert_close(cdf, u, rtol=0, atol=1e-12)
+    torch.testing.assert_close(density, 5 * probs[k], rtol=0, atol=0)
+    # evenly spread u: int_0^1 f = mean f(tau) / p(tau), to the grid's resolution
+    f = torch.cos(3 * tau) + tau**2
+    assert (f / density).mean().item() == pytest.approx(math.sin(3) / 3 + 1 / 3, abs=1e-4)
+
+
+@pytest.mark.parametrize("objective", ["vdm", "rb"])
+def test_importance_sampled_tau_and_antithetic_pairs_leave_the_bound_unbiased(objective):
+    """The Pyro program with a skewed density of tau (weights 1 / p), with antithetic pairs of
+    noises, or both, estimates the same ELBO as the plain one: z-tests on the diagnostics'
+    estimates, |z| < 4."""
+    common = dict(num_points=200, test_points=10, denoiser="oracle", objective=objective)
+    values = {}
+    for sampler, pairs in (("stratified", False), ("loss", False), ("loss", True)):
+        pyro.clear_param_store()
+        torch.manual_seed(9)
+        model = Diffusion(**common, t_sampler=sampler, antithetic=pairs)
+        if sampler == "loss":
+            probs, _ = model.tau_state()
+            probs.copy_(torch.linspace(1, 6, probs.shape[0], dtype=F64) ** 2)
+            probs.div_(probs.sum())
+        values[sampler, pairs] = evaluate(
+            model, model.build_guide("forward"), num_particles=400, with_khat=False
+        )
+    a = values["stratified", False]
+    for b in (values["loss", False], values["loss", True]):
+        assert abs(a.elbo - b.elbo) < 4 * math.hypot(a.elbo_se, b.elbo_se), (a.elbo, b.elbo)
+
+
+def test_gradient_norms_are_the_per_point_gradients():
+    """The one-pass per-point gradient norms (the gradient sampler's statistic) equal those of
+    one backward pass per point, for both parameterisations, with one noise per point or an
+    antithetic pair."""
+    for parameterization, draws in (("eps", 1), ("edm", 1), ("eps", 2)):
+        pyro.clear_param_store()
+        torch.manual_seed(3)
+        model = Diffusion(num_points=50, test_points=10, parameterization=parameterization)
+        net = model.eps_fn()
+        x, tau = model.x[:5].unsqueeze(1), torch.rand(5, dtype=F64)
+        g0, g1 = model.endpoints()
+        gamma, const, weight = model._diffusion_weights(tau, g0, g1)
+        eps = torch.randn(5, 1, 2, dtype=F64)
+        eps = torch.cat([eps, -eps], 1) if draws == 2 else eps
+        gamma = gamma.unsqueeze(-1).expand(eps.shape[:-1])
+        alpha, sigma = (s.unsqueeze(-1) for s in dm.alpha_sigma(gamma))
+        z = alpha * x + sigma * eps
+        cv = model._cv(x, eps, gamma)
+        fast = model._gradient_norms(z, gamma, eps, const, weight, cv)
+        for i in range(5):
+            sq = (eps[i] - net(z[i], gamma[i])).pow(2).sum(-1) - cv[i]
+            term = const[i] + weight[i] * sq.mean()
+            grads = torch.autograd.grad(term, list(net.parameters()))
+            slow = sum(g.double().pow(2).sum() for g in grads)
+            assert fast[i].item() == pytest.approx(slow.item(), rel=1e-5)
+
+
+def test_the_average_and_the_sampler_follow_the_run_and_resume(tmp_path, monkeypatch):
+    """With --ema and --t-sampler the param store holds the average and the sampler's density
+    (no optimiser moves them; the training step keeps the raw weights, evaluations outside
+    autograd read the average), and a resumed run ends where the uninterrupted one does."""
+    from zoo import runner
+
+    settings = dict(
+        steps=60, seed=2, checkpoint_every=30, record_every=30, eval_particles=30, progress=False
+    )
+    options = {**_SMALL, "t_sampler": "gradient", "ema": 0.9, "antithetic": True}
+    options.update(eval_points=20, ode_points=0)
+    whole = zoo.fit("diffusion", **settings, **options)
+    params = whole.param_state["params"]
+    assert {"tau_proposal", "tau_moments"} <= set(params)
+    averaged = {k for k in params if k.startswith("denoiser_ema$$$")}
+    assert len(averaged) == len([k for k in params if k.startswith("denoiser$$$")]) > 0
+    probs = params["tau_proposal"]
+    assert probs.sum().item() == pytest.approx(1.0, abs=1e-12)
+    assert probs.min().item() >= 0.1 / probs.numel() - 1e-15  # the uniform share
+    assert (probs - 1 / probs.numel()).abs().max().item() > 1e-3  # updated at steps 1 and 51
+    test = whole.summary["test"]
+    assert test["elbo_continuous_gap_denoiser"] == pytest.approx(
+        test["elbo_continuous_gap"], abs=4 * test["elbo_continuous_gap_se"]
+    )
+    model = whole.model
+    name = "net.0.weight"
+    assert not torch.equal(params[f"denoiser$$${name}"], params[f"denoiser_ema$$${name}"])
+    with torch.no_grad():
+        averaged_fn = model.eps_fn()
+    z, gamma = torch.zeros(3, 2, dtype=F64), torch.zeros(3, dtype=F64)
+    with torch.no_grad():
+        torch.testing.assert_close(averaged_fn(z, gamma), model.eps_fn(averaged=True)(z, gamma))
+        assert not torch.equal(averaged_fn(z, gamma), model.eps_fn(averaged=False)(z, gamma))
+    assert isinstance(model.eps_fn(), torch.nn.Module)  # under autograd: the raw network
+
+    save = runner._Trainer._save_checkpoint
+
+    def save_then_die(self, step, optim):
+        save(self, step, optim)
+        if step == 30:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner._Trainer, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        zoo.fit("diffusion", run_dir=tmp_path, **settings, **options)
+    monkeypatch.undo()
+    resumed = zoo.resume(tmp_path, progress=False)
+    for name, value in params.items():
+        torch.testing.assert_close(resumed.param_state["params"][name], value, rtol=0, atol=0)
+
+
+def test_the_denoising_gap_is_the_gap_of_the_bound():
+    """E log p_data - E ELBO through the exact denoiser agrees with the direct paired estimate
+    (|z| < 4): for the exact denoiser with endpoints far from the defaults (where its own gap,
+    the prior's and the decoder's mismatch, is 0.1 nats), and for the Gaussian one."""
+    torch.manual_seed(11)
+    oracle = Diffusion(denoiser="oracle", num_points=3000, gamma_min=-3.0, gamma_max=2.0)
+    x = oracle.x
+    direct = oracle.log_p_data(x) - oracle.continuous_terms(x, 128)["elbo"]
+    got = oracle.denoising_gap(x, 32)
+    assert got["exact_gap"] > 0.05
+    gap, se = _mean_se(direct)
+    assert abs(got["gap"] - gap) < 4 * math.hypot(se, got["gap_se"]), (got["gap"], gap, se)
+
+    # the exact denoiser of Gaussian data (EDM's preconditioning with a zero network): 1.4 nats
+    pyro.clear_param_store()
+    model = Diffusion(
+        num_points=2000,
+        test_points=500,
+        eval_points=20,
+        ode_points=0,
+        timesteps=50,
+        parameterization="edm",
+    )
+    model.eps_fn()
+    with torch.no_grad():
+        model._net.net[-1].weight.zero_()
+        model._net.net[-1].bias.zero_()
+    x = model.x
+    direct = model.log_p_data(x) - model.continuous_terms(x, 128)["elbo"]
+    got = model.denoising_gap(x, 16)
+    gap, se = _mean_se(direct)
+    assert got["gap"] > 1
+    assert abs(got["gap"] - gap) < 4 * math.hypot(se, got["gap_se"]), (got["gap"], gap, se)
+
+
+def test_the_sampler_and_the_average_are_refused_where_they_mean_nothing():
+    with pytest.raises(ZooError, match="t-sampler"):
+        Diffusion(objective="mc", t_sampler="loss", timesteps=10)
+    with pytest.raises(ZooError, match="antithetic"):
+        Diffusion(objective="mc", antithetic=True, timesteps=10)
+    with pytest.raises(ZooError, match="oracle"):
+        Diffusion(denoiser="oracle", ema=0.9)
+    with pytest.raises(ZooError, match="ema"):
+        Diffusion(ema=1.0)
+
+
+@pytest.mark.slow
+def test_a_compiled_step_reads_the_sampler_and_trains():
+    """--compile records the step once; the sampler's density is read in place, so after it
+    changes the graph's loss and gradient still equal Pyro's eager ones on the same draws."""
+    from zoo.compiled import Batch, CompiledELBO
+
+    result = zoo.fit(
+        "diffusion",
+        steps=150,
+        compile=True,
+        t_sampler="gradient",
+        ema=0.99,
+        progress=False,
+        eval_particles=30,
+        **_SMALL,
+    )
+    assert result.compiled["compiled"], result.compiled
+    assert (result.param_state["params"]["tau_proposal"] - 1 / 32).abs().max().item() > 1e-3
+    model = result.model
+    guide = model.build_guide("forward")
+    step = CompiledELBO(
+        model.model,
+        guide,
+        estimator="trace",
+        particles=1,
+        max_plate_nesting=1,
+        batch=Batch("data", model.num_data, 128, model.device),
+        kwargs={"subsample_size": 128},
+    ).build()
+    probs, _ = model.tau_state()
+    for exponent in (1, 3):
+        with torch.no_grad():
+            probs.copy_(torch.linspace(1, 4, probs.shape[0], dtype=F64) ** exponent)
+            probs.div_(probs.sum())
+        indices, weight = step._inputs()
+        torch.manual_seed(exponent)
+        eager = step._eager(indices, weight)
+        torch.manual_seed(exponent)
+        graph = step._replay(indices, weight)
+        for a, b in zip(eager, graph, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow

@@ -399,6 +399,48 @@ class ReverseChain(TorchDistribution):
         return torch.stack(chain[-2::-1], dim=-2)  # z_1 .. z_T
 
 
+class Antithetic(TorchDistribution):
+    """Antithetic pairs of a symmetric distribution: a draw z of ``base`` and its mirror image
+    2 mean - z about the mean, stacked on a new event dimension (event shape (2,) + base's).
+
+    Each of the two is marginally a draw of ``base``, so the mean of any term over the pair is
+    an unbiased estimate of its expectation, with less variance wherever the term is nearly
+    odd in z - mean (antithetic variates; Hammersley & Morton 1956). ``log_prob`` is ``base``'s
+    density of the first draw (the second is determined by it): not a density on the pair,
+    but a :class:`Penalised` copy of this distribution scores a pair with the same value minus
+    its penalty, so the model-to-guide log ratio of the two is exactly minus the penalty, which
+    is all that ``Trace_ELBO`` and the diagnostics read from a site.
+    """
+
+    arg_constraints: dict = {}
+
+    def __init__(self, base: TorchDistribution, validate_args=None) -> None:
+        self.base = base
+        super().__init__(base.batch_shape, torch.Size((2, *base.event_shape)), validate_args=False)
+
+    @property
+    def support(self):
+        return constraints.independent(constraints.real, len(self.event_shape))
+
+    @property
+    def has_rsample(self) -> bool:
+        return self.base.has_rsample
+
+    def expand(self, batch_shape, _instance=None) -> Antithetic:
+        return Antithetic(self.base.expand(batch_shape))
+
+    def rsample(self, sample_shape=_EMPTY) -> torch.Tensor:
+        z = self.base.rsample(sample_shape)
+        return torch.stack([z, 2 * self.base.mean - z], dim=-1 - len(self.base.event_shape))
+
+    def sample(self, sample_shape=_EMPTY) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return self.base.log_prob(value.select(-1 - len(self.base.event_shape), 0))
+
+
 class Penalised(TorchDistribution):
     """``base`` with ``log_prob(v) = base.log_prob(v) - penalty(v)``.
 
