@@ -345,7 +345,8 @@ def _not_compiled(r: Resolution) -> str | None:
         return f"the {r.values['elbo']!r} estimator is not compiled (trace and meanfield are)"
     if r.values["local_steps"]:
         return "closed-form local steps change the guide between gradient steps"
-    if model.on_step is not ZooModel.on_step:
+    hook = r.model.on_step  # an instance may set its own (diffusion's averaging, its sampler)
+    if getattr(hook, "__func__", hook) is not ZooModel.on_step:
         return f"model {model.name!r} changes with the step (its own schedule)"
     return None
 
