@@ -2,7 +2,7 @@
 probability-flow ODE's exact likelihood, the report that sets them beside E log p_data, and
 the arrays of its figures (density contours, denoising paths).
 
-:class:`DiffusionEvaluation` is a mixin of :class:`~zoo.models.diffusion.model.Diffusion`: the
+:class:`DiffusionEvaluation` is the base of :class:`~zoo.models.diffusion.model.Diffusion`: the
 methods read the model's parameters and data; the maths is :mod:`zoo.models.diffusion.maths`
 and :mod:`zoo.models.diffusion.ode` (Ho et al. 2020; Kingma et al. 2021; Song et al. 2021).
 """
@@ -17,12 +17,13 @@ import pyro.distributions as dist
 import torch
 
 from zoo.diagnostics import log_mean_exp, mean_with_se
+from zoo.model import ZooModel
 from zoo.models.diffusion import figures, ode
 from zoo.models.diffusion import maths as dm
 from zoo.models.diffusion.exact import expected_log_density
 
 
-class DiffusionEvaluation:
+class DiffusionEvaluation(ZooModel):
     """What the diffusion model knows about its fit (see the module docstring)."""
 
     def log_p_data(self, x: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -263,8 +264,11 @@ class DiffusionEvaluation:
                 row[f"continuous_{term}"] = cont[term].mean().item()
             if label == "test" and lp is not None:
                 # the same gap through the exact denoiser (fresh points only: on the training
-                # points the network's error is not independent of the points)
-                precise = self.denoising_gap(x)
+                # points the network's error is not independent of the points), from a random
+                # stream of its own, so the rest of the report draws what it drew without it
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(int(torch.randint(2**62, ())))
+                    precise = self.denoising_gap(x)
                 row["elbo_continuous_gap_denoiser"] = precise["gap"]
                 row["elbo_continuous_gap_denoiser_se"] = precise["gap_se"]
             out[label] = row

@@ -112,7 +112,6 @@ from zoo.model import (
     DataPlate,
     Option,
     Training,
-    ZooModel,
     at_least,
     boolean,
     finite_float,
@@ -153,7 +152,7 @@ def _decay(value: Any) -> float:
 
 
 @register
-class Diffusion(DiffusionEvaluation, ZooModel):
+class Diffusion(DiffusionEvaluation):
     name = "diffusion"
     title = "Diffusion models: DDPM and VDM bounds against the exact data density"
     application = "Diffusion ELBO"
