@@ -11,7 +11,8 @@ objective ``vdm``: VDM's continuous-time bound, so no discretisation gap) under 
   seconds a quick estimate on 1000 held-out points is logged (inside the budget: it takes well
   under a second);
 - ``--steps N``: :func:`zoo.fit` for N steps (the learning rate decaying exponentially from
-  ``--lr`` to ``--lr-final``), its step compiled (:mod:`zoo.compiled`; ``--no-compile``: eager),
+  ``--lr`` to ``--lr-final``), its step compiled (:mod:`zoo.compiled`) wherever the run
+  qualifies (``--no-compile``: eager; the result says which, and why),
   with the model's options ``--ema`` (a moving average of the weights answers the evaluation)
   and ``--t-sampler`` (importance-sampled tau). The training CPU time counts this process and
   its finished children (the compiler's) from the first step to the end of the last.
@@ -281,7 +282,7 @@ def train_steps(args) -> dict:
         f"schedule={args.schedule} net={args.depth}x{args.hidden} {args.parameterization} "
         f"batch={args.batch} steps={args.steps} ema={args.ema} t_sampler={args.t_sampler} "
         f"antithetic={args.antithetic} "
-        f"compile={not args.no_compile} threads={args.threads} load={os.getloadavg()[0]:.2f}",
+        f"no_compile={args.no_compile} threads={args.threads} load={os.getloadavg()[0]:.2f}",
         flush=True,
     )
     fit = zoo.fit(
@@ -292,7 +293,7 @@ def train_steps(args) -> dict:
         batch_size=args.batch,
         particles=args.particles,
         seed=args.seed,
-        compile=not args.no_compile,
+        compile=False if args.no_compile else None,  # None: wherever the run qualifies
         record_every=max(1, args.steps // args.records),
         eval_particles=30,
         progress=False,

@@ -618,23 +618,23 @@ def test_the_sampler_and_the_average_are_refused_where_they_mean_nothing():
 
 
 @pytest.mark.slow
-def test_a_compiled_step_reads_the_sampler_and_trains():
-    """--compile records the step once; the sampler's density is read in place, so after it
-    changes the graph's loss and gradient still equal Pyro's eager ones on the same draws."""
+def test_a_compiled_step_reads_the_sampler_in_place():
+    """The step recorded and compiled once (zoo.compiled) reads the sampler's density in place,
+    as it reads the weights: after the density changes between steps, the graph's loss and
+    gradient still equal Pyro's eager ones on the same draws. (The runner trains such runs
+    eagerly for now: their step hook counts as a schedule.)"""
     from zoo.compiled import Batch, CompiledELBO
 
     result = zoo.fit(
         "diffusion",
-        steps=150,
-        compile=True,
+        steps=60,
         t_sampler="gradient",
+        antithetic=True,
         ema=0.99,
         progress=False,
         eval_particles=30,
-        **_SMALL,
+        **{**_SMALL, "eval_points": 20, "ode_points": 0},
     )
-    assert result.compiled["compiled"], result.compiled
-    assert (result.param_state["params"]["tau_proposal"] - 1 / 32).abs().max().item() > 1e-3
     model = result.model
     guide = model.build_guide("forward")
     step = CompiledELBO(
@@ -646,6 +646,7 @@ def test_a_compiled_step_reads_the_sampler_and_trains():
         batch=Batch("data", model.num_data, 128, model.device),
         kwargs={"subsample_size": 128},
     ).build()
+    assert len(step.params) == len(list(model._net.parameters()))  # not the average, nor p
     probs, _ = model.tau_state()
     for exponent in (1, 3):
         with torch.no_grad():
@@ -657,7 +658,10 @@ def test_a_compiled_step_reads_the_sampler_and_trains():
         torch.manual_seed(exponent)
         graph = step._replay(indices, weight)
         for a, b in zip(eager, graph, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+            # half the digits of float32, the network's precision (fused sums round apart);
+            # a density not read in place changes the loss by percents
+            tol = math.sqrt(torch.finfo(torch.float32).eps) * a.abs().max().item()
+            torch.testing.assert_close(a, b, rtol=0, atol=tol)
 
 
 @pytest.mark.slow
