@@ -551,6 +551,33 @@ def test_random_csv_is_read_or_refused(tmp_path, header, body):
         assert (dense >= 0).all() and (dense == np.round(dense)).all()
 
 
+#: first-column names and labels of both orientations of a count CSV
+CSV_LABELS = st.sampled_from(
+    ["", "gene", "cell", "ENSG00000141510", "AAACCTGAGAAGGCCT-1", "Cell_1", "CD3E", "g1", "7"]
+)
+
+
+@PROPERTY
+@given(
+    labels=st.lists(CSV_LABELS, min_size=1, max_size=4),
+    body=CSV_TEXT,
+    genes_in_rows=st.booleans(),
+)
+def test_random_csv_of_either_orientation_is_read_or_refused(tmp_path, labels, body, genes_in_rows):
+    """Random labels (gene IDs, barcodes, cell and gene names) in the header and the first
+    column, random values: read (as many names as cells and genes) or one line."""
+    path = tmp_path / "oriented.csv"
+    rows = [f"{labels[i % len(labels)]},{line}" for i, line in enumerate(body.splitlines())]
+    path.write_text(",".join(labels) + "\n" + "\n".join(rows), encoding="utf-8")
+    try:
+        data = read_count_csv(path, genes_in_rows=genes_in_rows)
+    except DataError as exc:
+        assert "\n" not in str(exc)
+    else:
+        n, g = data.source.shape
+        assert len(data.cell_names) == n and len(data.gene_names) == g
+
+
 @PROPERTY
 @given(raw=st.binary(max_size=400), cut=st.integers(0, 400), suffix=st.sampled_from([0, 1, 2]))
 def test_random_or_damaged_bytes_are_read_or_refused(tmp_path, raw, cut, suffix):

@@ -621,13 +621,14 @@ def test_the_sampler_and_the_average_are_refused_where_they_mean_nothing():
 def test_a_compiled_step_reads_the_sampler_in_place():
     """The step recorded and compiled once (zoo.compiled) reads the sampler's density in place,
     as it reads the weights: after the density changes between steps, the graph's loss and
-    gradient still equal Pyro's eager ones on the same draws. (The runner trains such runs
-    eagerly for now: their step hook counts as a schedule.)"""
+    gradient still equal Pyro's eager ones on the same draws; the runner compiles such runs
+    (the step hook is marked as changing tensors in place only)."""
     from zoo.compiled import Batch, CompiledELBO
 
     result = zoo.fit(
         "diffusion",
         steps=60,
+        compile=True,
         t_sampler="gradient",
         antithetic=True,
         ema=0.99,
@@ -635,6 +636,7 @@ def test_a_compiled_step_reads_the_sampler_in_place():
         eval_particles=30,
         **{**_SMALL, "eval_points": 20, "ode_points": 0},
     )
+    assert result.compiled["compiled"], result.compiled
     model = result.model
     guide = model.build_guide("forward")
     step = CompiledELBO(

@@ -14,7 +14,8 @@ the same job's rank 0 alone (a one-rank subgroup: the data-parallel algorithm on
   stated tolerance of the one-process run (slow: a job of its own);
 - the diagnostics, the history records and the held-out evaluation on 2 ranks equal those of
   the one-rank run of the algorithm (same draws) and, where the estimate has no Monte Carlo
-  error, those of one process;
+  error, those of one process; so do they on an evaluation subsample (``eval_subsample``),
+  each rank scoring half of its points;
 - the command line: a refused model is one line from rank 0 and exit status 2 on every rank;
   only rank 0 writes the run directory and prints; ``torchrun -m zoo.run vae --quick`` (slow).
 """
@@ -173,6 +174,56 @@ def _resumed(out_dir: Path) -> dict[str, Any]:
     return {"whole": _fit_state(whole), "resumed": _fit_state(resumed)}
 
 
+@contextlib.contextmanager
+def _points_scored(name: str) -> Any:
+    """Inside the block, ``zoo.diagnostics.<name>`` (``_evaluate_block`` or ``_evaluate_chunk``)
+    counts the data points it scores on this rank (``count[0]``)."""
+    from zoo import diagnostics
+
+    original = getattr(diagnostics, name)
+    count = [0]
+
+    def counting(zoo_model: Any, guide: Any, num: int, block: Any = None, *a: Any, **k: Any) -> Any:
+        count[0] += zoo_model.num_data if block is None else len(block)
+        return original(zoo_model, guide, num, block, *a, **k)
+
+    setattr(diagnostics, name, counting)
+    try:
+        yield count
+    finally:
+        setattr(diagnostics, name, original)
+
+
+def _subsample_diagnostics(vae: Any, guide: Any) -> dict[str, Any]:
+    """The diagnostics, a history record's terms and the held-out evaluation of an evaluation
+    subsample (4, 4 and 2 pieces), the diagnostics again with blocks of 256 points (3 blocks),
+    the points each scored on this rank, and whether torch's stream was left as it was."""
+    import torch
+
+    from zoo.diagnostics import evaluate, evaluation_subsample, quick_terms
+
+    state = torch.get_rng_state()
+    out: dict[str, Any] = {"work": {}}
+    with _points_scored("_evaluate_block") as count:
+        out["evaluate"] = evaluate(vae, guide, num_particles=400, points=700, seed=3).as_dict()
+    out["work"]["evaluate"] = count[0]
+    with _points_scored("_evaluate_chunk") as count:
+        out["quick"] = quick_terms(vae, guide, 300, points=900, seed=3, step=7)
+    out["work"]["quick"] = count[0]
+    with _points_scored("_evaluate_block") as count, evaluation_subsample(340, seed=3):
+        out["test"] = vae.test_diagnostics(guide, 400)
+    out["work"]["test"] = count[0]
+    vae.data_plate = vae.data_plate.with_sizes(block_size=256)
+    try:
+        with _points_scored("_evaluate_block") as count:
+            blocked = evaluate(vae, guide, num_particles=400, points=700, seed=3)
+    finally:
+        del vae.data_plate  # the class's plate again
+    out["blocked"], out["work"]["blocked"] = blocked.as_dict(), count[0]
+    out["untouched"] = torch.equal(torch.get_rng_state(), state)
+    return out
+
+
 def _diagnostics(rank: int, solo: Any) -> dict[str, Any]:
     """The diagnostics of fixed parameters on 2 ranks, and on rank 0 alone."""
     import pyro
@@ -202,10 +253,11 @@ def _diagnostics(rank: int, solo: Any) -> dict[str, Any]:
 
     test_split = vae.on_test_split()
     pieces = [len(evaluation_pieces(m, k)) for m, k in ((vae, 400), (vae, 100), (test_split, 400))]
-    out = {"vae": measure(), "pieces": pieces}
+    out = {"vae": measure(), "pieces": pieces, "subsample": _subsample_diagnostics(vae, guide)}
     if rank == 0:
         with use_group(solo):
             out["vae_solo"] = measure()
+            out["subsample_solo"] = _subsample_diagnostics(vae, guide)
     dist.barrier()
     gmm = get_model("gmm")(None)
     pyro.clear_param_store()
@@ -373,6 +425,30 @@ def test_the_diagnostics_on_two_ranks_equal_those_on_one(job):
             assert math.isclose(two["evaluate"][key], solo["evaluate"][key], rel_tol=1e-12), key
         assert two["evaluate"]["kl_by_site"] == pytest.approx(solo["evaluate"]["kl_by_site"])
         assert two["quick"] == pytest.approx(solo["quick"], rel=1e-12)
+        assert two["test"]["per_point"] == pytest.approx(solo["test"]["per_point"], rel=1e-12)
+
+
+def test_an_evaluation_subsample_is_shared_between_the_ranks(job):
+    """``eval_subsample`` under ``torchrun``: each rank scores half of the subsample's points
+    (its pieces, seeded by the subsample's seed, the pass and the piece, not by rank 0), and
+    every rank combines all of them as one process does: the totals, standard errors, IWAE and
+    k-hat of 2 ranks are those of 1 (same seeds per piece), on every rank; so are a history
+    record's terms and the held-out evaluation, and with the model's blocks as pieces (256,
+    256 and 188 of the 700 points). Torch's stream is left as it was, as without ``torchrun``."""
+    keys = ("elbo", "elbo_se", "iwae", "iwae_se", "khat", "kl", "expected_log_likelihood")
+    solo = job[0]["diagnostics"]["subsample_solo"]
+    assert solo["work"] == {"evaluate": 700, "quick": 900, "test": 340, "blocked": 700}
+    assert solo["untouched"]
+    for rank, blocked in ((0, 256 + 188), (1, 256)):
+        two = job[rank]["diagnostics"]["subsample"]
+        assert two["work"] == {"evaluate": 350, "quick": 450, "test": 170, "blocked": blocked}
+        assert two["untouched"]
+        for which in ("evaluate", "blocked"):
+            assert two[which]["eval_points"] == solo[which]["eval_points"] == 700
+            for key in keys:
+                assert math.isclose(two[which][key], solo[which][key], rel_tol=1e-12), (which, key)
+            assert two[which]["kl_by_site"] == pytest.approx(solo[which]["kl_by_site"], rel=1e-12)
+        assert two["quick"] == pytest.approx(solo["quick"], rel=1e-12, nan_ok=True)
         assert two["test"]["per_point"] == pytest.approx(solo["test"]["per_point"], rel=1e-12)
 
 

@@ -293,3 +293,17 @@ def test_held_out_records_do_not_change_the_training(monkeypatch):
     assert "held_out_elbo_per_point" not in without
     assert h["elbo"].tolist() == without["elbo"].tolist()
     assert h["train_elbo"].iloc[1:].tolist() == without["train_elbo"].iloc[1:].tolist()
+
+
+@pytest.mark.parametrize("name", ["normal-gamma", "vae"])
+def test_how_often_a_run_records_does_not_change_its_training(name):
+    """History rows draw their particles from a stream of their own (seed, step): a run that
+    records at every step trains exactly as one that records once."""
+    runs = [
+        zoo.fit(name, steps=30, record_every=every, seed=3, progress=False, eval_particles=30)
+        for every in (1, 10**6)
+    ]
+    assert len(runs[0].history) == 31 and len(runs[1].history) == 2
+    for key, value in runs[0].param_state["params"].items():
+        assert torch.equal(value, runs[1].param_state["params"][key]), key
+    assert runs[0].history["elbo"].iloc[-1] == runs[1].history["elbo"].iloc[-1]

@@ -364,6 +364,171 @@ def test_model_refuses_empty_cells_and_bad_files(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# Which way round a count CSV is: cells x genes, or genes x cells with genes_in_rows
+# --------------------------------------------------------------------------------------------
+#: a few 10x barcodes, Ensembl gene IDs and gene symbols
+BARCODES = [f"{a}{b}{c}AACCTGAGAAGGC-1" for a in "ACGT" for b in "ACGT" for c in "ACGT"]
+ENSEMBL = [f"ENSG{j:011d}" for j in range(1000, 1100)]
+SYMBOLS = ["CD3E", "MS4A1", "LYZ", "GAPDH", "NKG7", "RPL13A", "MT-CO1", "HLA-DRA", "S100A8"]
+
+
+def _table(m, cells, genes):
+    import pandas as pd
+
+    return pd.DataFrame(m.astype(int), index=list(cells), columns=list(genes))
+
+
+def _fitted_inputs(model):
+    """What a fit of ``model`` reads: the counts, names, split and log library sizes."""
+    return {
+        "counts": model.dataset.source.to_csr().toarray(),
+        "cells": list(model.dataset.cell_names),
+        "genes": list(model.gene_names),
+        "train": model.train_index,
+        "test": model.test_index,
+        "log_library": model.data.log_library.numpy(),
+        "names": list(model.data.names),
+        "held_out": model.held_out.log_library.numpy(),
+    }
+
+
+def test_a_genes_by_cells_csv_reads_as_its_transpose(tmp_path):
+    """The same matrix written cells x genes and genes x cells (R's write.csv of a count
+    matrix: an empty first header field, gene names down the first column) gives the same
+    counts, names, split and fit with ``genes_in_rows``; so does a genes x cells TSV."""
+    m = _counts(30, 12)
+    table = _table(m, BARCODES[:30], ENSEMBL[:12])
+    table.to_csv(tmp_path / "cells.csv")
+    table.T.to_csv(tmp_path / "genes.csv")
+    table.T.to_csv(tmp_path / "genes.tsv", sep="\t")
+    assert (tmp_path / "genes.csv").read_text().startswith(",AAAAACCTGAGAAGGC-1,")
+    cells = read_count_csv(tmp_path / "cells.csv")
+    for name in ("genes.csv", "genes.tsv"):
+        genes = load_counts(tmp_path / name, genes_in_rows=True)
+        np.testing.assert_array_equal(genes.source.to_csr().toarray(), m)
+        assert list(genes.cell_names) == list(cells.cell_names) == BARCODES[:30]
+        assert list(genes.gene_names) == list(cells.gene_names) == ENSEMBL[:12]
+    one = SingleCellVI(str(tmp_path / "cells.csv"), test_fraction=0.2)
+    other = SingleCellVI(str(tmp_path / "genes.csv"), test_fraction=0.2, genes_in_rows=True)
+    a, b = _fitted_inputs(one), _fitted_inputs(other)
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        np.testing.assert_array_equal(b[key], value, err_msg=key)
+    fits = [
+        zoo.fit(model, steps=4, eval_particles=30, record_every=2, progress=False, seed=1)
+        for model in (one, other)
+    ]
+    assert fits[0].diagnostics.elbo == fits[1].diagnostics.elbo
+    np.testing.assert_array_equal(fits[0].history["elbo"], fits[1].history["elbo"])
+
+
+def _refused(path, **options):
+    with pytest.raises(DataError) as err:
+        read_count_csv(path, **options)
+    message = str(err.value)
+    assert "\n" not in message and "--genes-in-rows true" in message, message
+    return message
+
+
+def test_a_csv_whose_labels_say_it_is_the_other_way_round_is_refused(tmp_path):
+    """A genes x cells file read as cells x genes, or the reverse with ``genes_in_rows``, is
+    refused in one line naming the option, never read transposed: its labels say so (gene IDs
+    down the first column, barcodes or cell names across the header, a first column named
+    like a gene column), with more genes than cells or more cells than genes."""
+    for n, g in ((12, 40), (40, 12)):
+        m = _counts(n, g)
+        cases = {
+            "ids_and_barcodes": _table(m, BARCODES[:n], ENSEMBL[:g]),
+            "symbols_and_cell_names": _table(
+                m, [f"Cell_{i + 1}" for i in range(n)], [f"{SYMBOLS[j % 9]}.{j}" for j in range(g)]
+            ),
+            "ids_and_plain_names": _table(m, [f"s{i}" for i in range(n)], ENSEMBL[:g]),
+        }
+        for case, table in cases.items():
+            path = tmp_path / f"{case}_{n}.csv"
+            table.T.to_csv(path)  # genes x cells, read as cells x genes
+            message = _refused(path)
+            assert "looks like genes x cells" in message and "genes_in_rows=True" in message
+            path = tmp_path / f"{case}_{n}_cells.csv"
+            table.to_csv(path)  # cells x genes, read with genes_in_rows
+            assert "looks like cells x genes" in _refused(path, genes_in_rows=True), case
+        unnamed = tmp_path / f"no_gene_names_{n}.csv"
+        _table(m, BARCODES[:n], ENSEMBL[:g]).T.to_csv(unnamed, index=False)
+        assert "its header holds cell names ('AAAAACCTGAGAAGGC-1')" in _refused(unnamed)
+        named = tmp_path / f"gene_column_{n}.csv"
+        symbols = _table(m, [f"c{i}" for i in range(n)], [f"{SYMBOLS[j % 9]}{j}" for j in range(g)])
+        symbols.T.rename_axis("gene_symbol").to_csv(named)
+        assert "its first column is named 'gene_symbol'" in _refused(named)
+        named = tmp_path / f"cell_column_{n}.csv"
+        symbols.rename_axis("cell_barcode").to_csv(named)
+        assert "its first column is named 'cell_barcode'" in _refused(named, genes_in_rows=True)
+
+
+def test_a_cells_by_genes_csv_is_never_refused(tmp_path):
+    """Whatever its shape (more cells than genes or more genes than cells), a cells x genes
+    file is read as it is, with labels of every usual kind or none; read with
+    ``genes_in_rows``, its transpose gives the same counts."""
+    for n, g in ((60, 5), (5, 60), (9, 9)):
+        m = _counts(n, g)
+        labels = {
+            "barcodes_and_symbols": (BARCODES[:n], [f"{SYMBOLS[j % 9]}-{j}" for j in range(g)]),
+            "cell_names_and_ids": ([f"Cell_{i + 1}" for i in range(n)], ENSEMBL[:g]),
+            "plain": ([f"c{i}" for i in range(n)], [f"g{j}" for j in range(g)]),
+            "generic": ([f"cell{i + 1}" for i in range(n)], [f"gene{j + 1}" for j in range(g)]),
+            "symbols_as_cells": ([f"A{i}" for i in range(n)], [f"G{j}" for j in range(g)]),
+        }
+        for case, (cells, genes) in labels.items():
+            table = _table(m, cells, genes)
+            for index, key in ((True, "barcode"), (True, None), (False, None)):
+                path = tmp_path / f"{case}_{n}_{index}_{key}.csv"
+                table.rename_axis(key).to_csv(path, index=index)
+                data = read_count_csv(path)
+                np.testing.assert_array_equal(data.source.to_csr().toarray(), m)
+                assert list(data.gene_names) == genes, case
+            path = tmp_path / f"{case}_{n}_genes.csv"
+            table.T.to_csv(path)
+            back = read_count_csv(path, genes_in_rows=True)
+            np.testing.assert_array_equal(back.source.to_csr().toarray(), m)
+            assert list(back.cell_names) == cells and list(back.gene_names) == genes
+        labelled = _table(m, BARCODES[:n], ENSEMBL[:g])
+        labelled["cell_type"] = ["T", "B", "NK"] * (n // 3) + ["T"] * (n % 3)
+        labelled.to_csv(tmp_path / f"labelled_{n}.csv")
+        assert read_count_csv(tmp_path / f"labelled_{n}.csv").label_key == "cell_type"
+
+
+def test_genes_in_rows_is_refused_where_it_cannot_apply(tmp_path):
+    """``genes_in_rows`` is about a CSV file: with an h5ad file, a 10x directory, an array or
+    the bundled data it is one line; a genes x cells CSV has no column of cell labels."""
+    m = _counts(20, 6)
+    write_h5ad(tmp_path / "c.h5ad", sp.csr_matrix(m))
+    for data in (str(tmp_path / "c.h5ad"), m, None):
+        with pytest.raises(DataError, match=r"genes_in_rows \(--genes-in-rows\) applies to a CSV"):
+            SingleCellVI(data, genes_in_rows=True)
+    _table(m, BARCODES[:20], ENSEMBL[:6]).T.to_csv(tmp_path / "genes.csv")
+    with pytest.raises(DataError, match="holds no cell labels"):
+        read_count_csv(tmp_path / "genes.csv", genes_in_rows=True, label_key="cell_type")
+    table = _table(m, BARCODES[:20], ENSEMBL[:6]).T
+    table.insert(0, "description", "protein coding")
+    table.to_csv(tmp_path / "annotated.csv")
+    with pytest.raises(DataError, match=r"column 'description' is not numeric.*one row per gene"):
+        read_count_csv(tmp_path / "annotated.csv", genes_in_rows=True)
+
+
+def test_the_command_line_names_the_option_for_a_genes_by_cells_csv(tmp_path, capsys):
+    m = _counts(30, 12)
+    _table(m, BARCODES[:30], ENSEMBL[:12]).T.to_csv(tmp_path / "genes.csv")
+    from zoo.run import main
+
+    run = ["scvi", "--data", str(tmp_path / "genes.csv"), "--quick", "--quiet"]
+    code = main([*run, "--run-dir", str(tmp_path / "refused")])
+    lines = capsys.readouterr().err.splitlines()
+    assert code == 2 and len(lines) == 1 and "--genes-in-rows true" in lines[0], lines
+    assert not (tmp_path / "refused").exists()
+    help_text = SingleCellVI.data_help + " ".join(o.help for o in SingleCellVI.options)
+    assert "--genes-in-rows" in help_text and "one row per gene" in help_text
+
+
+# --------------------------------------------------------------------------------------------
 # The simulator and what training recovers
 # --------------------------------------------------------------------------------------------
 def test_simulator_is_seeded_and_draws_counts():

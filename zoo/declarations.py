@@ -47,8 +47,10 @@ class Training:
     #: number of closed-form (EM / CAVI) iterations when ``method="closed-form"``
     closed_form_steps: int = 100
     #: history rows per SVI run (one every ``steps // records`` steps); fewer where a record
-    #: is costly (it scores ``trace_particles`` particles of every data point)
-    records: int = 200
+    #: is costly (it scores ``trace_particles`` particles of every data point). Records draw
+    #: from a random stream of their own, so their number never changes the training; 100
+    #: keep their cost under a tenth of the training's on the small models
+    records: int = 100
     #: KL warm-up over this fraction of the SVI steps unless a run sets ``kl_warmup`` (the
     #: amortized models' practice: Bowman et al. 2016; Sønderby et al. 2016)
     kl_warmup_fraction: float = 0.0
@@ -160,3 +162,22 @@ def local_step_guides(model: type[ZooModel] | ZooModel) -> tuple[str, ...]:
 def default_method(model: type[ZooModel] | ZooModel) -> str:
     """ "closed-form" where the model's closed-form updates are its default, else "svi"."""
     return "closed-form" if model.closed_form is not None and model.closed_form.default else "svi"
+
+
+#: the mark :func:`in_place_schedule` sets on a step hook
+_IN_PLACE = "_zoo_in_place_schedule"
+
+
+def in_place_schedule(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a model's step hook (its ``on_step``) as changing only tensors that a training
+    step reads in place (a weight average, an importance sampler's density, updated with
+    in-place operations): a compiled step (:mod:`zoo.compiled`), which reads its tensors in
+    place, then computes what the eager step would, and such a run may compile. A hook without
+    the mark (one that rebinds a tensor, or changes the model's structure) trains eagerly."""
+    setattr(hook, _IN_PLACE, True)
+    return hook
+
+
+def is_in_place_schedule(hook: Callable[..., Any]) -> bool:
+    """Whether ``hook`` (a function or a bound method) carries :func:`in_place_schedule`'s mark."""
+    return bool(getattr(hook, _IN_PLACE, False))

@@ -23,7 +23,8 @@ On large data the figures can be estimated from a subsample of the points (the r
 n of the N points are drawn uniformly without replacement, each total is N times the mean of
 its per-point estimates, and its standard error adds the sampling of the points to the particle
 noise (:func:`subsample_total`, two-stage sampling: Cochran 1977, *Sampling Techniques*, 3rd
-ed., ch. 10, Theorem 10.2).
+ed., ch. 10, Theorem 10.2). Under ``torchrun`` each rank scores its share of the subsample's
+points and every rank combines all of them (:func:`zoo.distributed.map_points`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import torch
 from pyro.poutine.util import site_is_subsample
 
 from zoo.data_blocks import on_block
-from zoo.distributed import map_blocks
+from zoo.distributed import active, map_blocks, map_points
 from zoo.errors import ZooError
 from zoo.model import ZooModel
 from zoo.particles import vectorized_or_named
@@ -360,6 +361,25 @@ def _subset_blocks(zoo_model: ZooModel, index: np.ndarray) -> list[torch.Tensor]
         torch.as_tensor(index[start : start + size], device=device)
         for start in range(0, len(index), size)
     ]
+
+
+def _map_subset(
+    zoo_model: ZooModel,
+    fn: Callable[[torch.Tensor], Any],
+    index: np.ndarray,
+    particles: int,
+    stream: tuple[int, int, int],
+) -> list[Any]:
+    """``fn(block)`` for every block of the subsample ``index``, in order, its particles from
+    a random stream of its own seeded by ``stream`` (the seed, the pass's key, the step): in
+    one process, the blocks of the data plate's ``block_size`` one after the other from one
+    stream; under a process group, each rank its share of the subsample's pieces, each piece
+    seeded by ``stream`` and its index, gathered on every rank
+    (:func:`zoo.distributed.map_points`)."""
+    if active():
+        return map_points(zoo_model, fn, index, stream, particles=particles)
+    with _own_stream(*stream, zoo_model.device):
+        return [fn(block) for block in _subset_blocks(zoo_model, index)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -713,8 +733,9 @@ def evaluate(
     whose log ratios factorise over its data plate (a one-line :class:`ZooError` for any other):
     totals are N times the subset's mean, their standard errors add the sampling of the points
     to the particle noise (:func:`subsample_total`), k-hat is the largest over the subset's
-    points, and the particles come from a stream seeded by ``seed``. ``points >= N`` scores
-    every point, exactly as None.
+    points, and the particles come from a stream seeded by ``seed`` (under ``torchrun``, each
+    rank scores its share of the subsample's points: :func:`zoo.distributed.map_points`).
+    ``points >= N`` scores every point, exactly as None.
     """
     if num_particles < 2:
         raise ValueError("the diagnostics need at least 2 particles")
@@ -828,16 +849,19 @@ def _evaluate_subset(
     index: np.ndarray,
 ) -> Diagnostics:
     """:func:`evaluate` on the data points ``index`` (a :class:`PointSubsample`), a block of
-    them at a time, the figures scaled to all the points."""
-    blocks = []
-    with _own_stream(sample.seed, _EVALUATE_STREAM, 0, zoo_model.device):
-        for block in _subset_blocks(zoo_model, index):
-            result = _evaluate_block(
-                zoo_model, guide, num_particles, block, khat=with_khat, per_point=True
-            )
-            if not result.factorises:
-                raise _not_factorising(zoo_model)
-            blocks.append(result)
+    them at a time (each rank its share of them under a process group, :func:`_map_subset`),
+    the figures scaled to all the points."""
+    blocks = _map_subset(  # data-parallel: each rank its share of the points, gathered on all
+        zoo_model,
+        lambda block: _evaluate_block(
+            zoo_model, guide, num_particles, block, khat=with_khat, per_point=True
+        ),
+        index,
+        num_particles,
+        (sample.seed, _EVALUATE_STREAM, 0),
+    )
+    if not all(b.factorises for b in blocks):
+        raise _not_factorising(zoo_model)
     big_n, n = zoo_model.num_data, len(index)
     first = blocks[0]
     per = {key: torch.cat([b.points[key] for b in blocks]) for key in first.points}
@@ -901,30 +925,36 @@ def quick_terms(
     seed: int = 0,
     step: int = 0,
 ) -> dict[str, float]:
-    """ELBO and its two halves from a few particles: cheap enough to log during training; and
-    from the same particles ``iwae``, log mean_k w_k of the weights of all the latents jointly
+    """ELBO (with ``elbo_se``, its Monte Carlo standard error; NaN on a subsample) and its two
+    halves from a few particles: cheap enough to log during training; and from the same
+    particles ``iwae``, log mean_k w_k of the weights of all the latents jointly
     (a bound on log p(x) too, NaN where the ratios are not importance weights).
 
     With ``points`` (n of the N data points, a :class:`PointSubsample` seeded by ``seed``: the
     same points at every ``step``) the terms are N times their mean over the subset, from
     particles seeded by (``seed``, ``step``); ``iwae`` is then NaN (a joint bound over all the
-    points is not a sum over them). ``points >= N`` (or None) scores every point."""
+    points is not a sum over them). ``points >= N`` (or None) scores every point.
+
+    The particles come from a random stream of their own, seeded by (``seed``, ``step``): how
+    often a run records does not change its training."""
     num = max(2, num_particles)
     index = _subset_index(zoo_model, None if points is None else PointSubsample(points, seed))
     if index is not None:
         return _quick_terms_subset(zoo_model, guide, num, index, seed, step)
-    chunks = map_blocks(  # data-parallel: each rank its share of the blocks, gathered on all
-        zoo_model,
-        lambda block: _evaluate_chunk(zoo_model, guide, num, block),
-        lambda c: c.point_log_w is not None,
-        particles=num,
-    )
+    with _own_stream(seed, _RECORD_STREAM, step, zoo_model.device):
+        chunks = map_blocks(  # data-parallel: each rank its share of the blocks, gathered on all
+            zoo_model,
+            lambda block: _evaluate_chunk(zoo_model, guide, num, block),
+            lambda c: c.point_log_w is not None,
+            particles=num,
+        )
     terms = {
         key: sum(getattr(c, attr).mean().item() for c in chunks)
         for key, attr in (("elbo", "log_w"), ("expected_log_likelihood", "ell"), ("kl", "kl"))
     }
     weights = all(c.weights for c in chunks)
     joint = sum(c.log_w.double() for c in chunks)
+    terms["elbo_se"] = (joint.std() / math.sqrt(joint.numel())).item()
     terms["iwae"] = log_mean_exp(joint).item() if weights else math.nan
     return terms
 
@@ -932,17 +962,30 @@ def quick_terms(
 def _quick_terms_subset(
     zoo_model: ZooModel, guide: Callable, num: int, index: np.ndarray, seed: int, step: int
 ) -> dict[str, float]:
-    """:func:`quick_terms` on the data points ``index``, scaled to all the points."""
+    """:func:`quick_terms` on the data points ``index`` (each rank its share of them under a
+    process group, :func:`_map_subset`), scaled to all the points."""
+
+    def means(block: torch.Tensor) -> tuple[bool, float, float, float]:
+        chunk = _evaluate_chunk(zoo_model, guide, num, block)
+        factorises = chunk.point_log_w is not None
+        return (
+            factorises,
+            chunk.log_w.mean().item(),
+            chunk.ell.mean().item(),
+            chunk.kl.mean().item(),
+        )
+
+    pieces = _map_subset(  # data-parallel: each rank its share of the points, gathered on all
+        zoo_model, means, index, num, (seed, _RECORD_STREAM, step)
+    )
+    if not all(piece[0] for piece in pieces):
+        raise _not_factorising(zoo_model)
     terms = {"elbo": 0.0, "expected_log_likelihood": 0.0, "kl": 0.0}
-    with _own_stream(seed, _RECORD_STREAM, step, zoo_model.device):
-        for block in _subset_blocks(zoo_model, index):
-            chunk = _evaluate_chunk(zoo_model, guide, num, block)
-            if chunk.point_log_w is None:
-                raise _not_factorising(zoo_model)
-            terms["elbo"] += chunk.log_w.mean().item()
-            terms["expected_log_likelihood"] += chunk.ell.mean().item()
-            terms["kl"] += chunk.kl.mean().item()
+    for _, elbo, ell, kl in pieces:
+        terms["elbo"] += elbo
+        terms["expected_log_likelihood"] += ell
+        terms["kl"] += kl
     scale = zoo_model.num_data / len(index)
     out = {key: scale * value for key, value in terms.items()}
-    out["iwae"] = math.nan
+    out["elbo_se"] = out["iwae"] = math.nan
     return out

@@ -72,6 +72,12 @@ number of ranks up to :data:`EVAL_PIECES` (not the draws of a run without ``torc
 takes its blocks from one stream). Where the log ratios do not factorise over the data plate
 (a global latent), every rank evaluates the data whole instead, with the same draws.
 
+An evaluation subsample (``eval_subsample``: n of the N points) is shared alike
+(:func:`map_points`): its points in pieces as above, each rank its share, all gathered and
+combined as one process combines them; piece i's particles come from a stream seeded by (the
+run's seed, the pass, its step, i), not by rank 0, so the training's stream is untouched (as
+without ``torchrun``) and the numbers are the same on 1 to :data:`EVAL_PIECES` ranks.
+
 A GPU job sets each rank's device from ``LOCAL_RANK`` and reduces GPU tensors with NCCL; the
 object gathers of the diagnostics go through gloo on the CPU. The step's status (its loss,
 whether a rank failed) rides in the gradients' buffer: one all-reduce per step where every
@@ -111,6 +117,7 @@ __all__ = [
     "launched_world",
     "main_first",
     "map_blocks",
+    "map_points",
     "per_point_parameters",
     "rank",
     "settle",
@@ -557,22 +564,51 @@ class DataParallelSVI:
 
 
 # -- passes over the data -----------------------------------------------------------------------
-def evaluation_pieces(zoo_model: ZooModel, particles: int = 1) -> list[torch.Tensor | None]:
+def evaluation_pieces(
+    zoo_model: ZooModel, particles: int = 1, index: Any = None
+) -> list[torch.Tensor | None]:
     """The pieces a distributed pass over the data with ``particles`` particles splits into:
     the model's own blocks where it has several; else consecutive pieces of at least
     :data:`PIECE_PAIRS` (particle, point) pairs each, at most :data:`EVAL_PIECES` of them (a
-    multiple, on more ranks); ``[None]``, the data whole, where one piece holds it all."""
+    multiple, on more ranks); ``[None]``, the data whole, where one piece holds it all.
+
+    With ``index`` (the sorted indices of a subset of the data points: an evaluation
+    subsample) the pieces of a pass over those points alike, as index tensors: consecutive
+    blocks of the data plate's ``block_size`` where the points fill several, else pieces of at
+    least :data:`PIECE_PAIRS` pairs, at most :data:`EVAL_PIECES` of them (one: all of
+    ``index``)."""
     from zoo.data_blocks import data_blocks, index_blocks
 
+    if index is not None:
+        return _point_pieces(zoo_model, index, particles)
     blocks = data_blocks(zoo_model)
     if len(blocks) > 1 or zoo_model.data_plate is None:
         return blocks
     n = zoo_model.num_data
-    most = EVAL_PIECES * math.ceil(world_size() / EVAL_PIECES)
-    count = min(most, n, n * max(1, particles) // PIECE_PAIRS)
+    count = _piece_count(n, particles)
     if count <= 1:
         return [None]
     return list(index_blocks(n, math.ceil(n / count), zoo_model.device))
+
+
+def _piece_count(n: int, particles: int) -> int:
+    """How many pieces a pass of ``particles`` particles over ``n`` points (of a model that
+    gives them one block) splits into."""
+    most = EVAL_PIECES * math.ceil(world_size() / EVAL_PIECES)
+    return min(most, n, n * max(1, particles) // PIECE_PAIRS)
+
+
+def _point_pieces(zoo_model: ZooModel, index: Any, particles: int) -> list[torch.Tensor]:
+    """:func:`evaluation_pieces` of the data points ``index``."""
+    import torch
+
+    index = torch.as_tensor(index, dtype=torch.long, device=zoo_model.device).reshape(-1)
+    n = len(index)
+    size = None if zoo_model.data_plate is None else zoo_model.data_plate.block_size
+    if size is None or n <= size:
+        count = _piece_count(n, particles)
+        size = n if count <= 1 else math.ceil(n / count)
+    return list(torch.split(index, max(size, 1)))
 
 
 def _on_cpu(obj: Any) -> Any:
@@ -611,14 +647,8 @@ def map_blocks(
     if not active():
         return [fn(block) for block in data_blocks(zoo_model)]
     pieces = evaluation_pieces(zoo_model, particles)
-    base, me, world = _shared_seed(), rank(), world_size()
-    mine = {}
-    for i in range(me, len(pieces), world):
-        with _seeded(derive_seed(base, i), zoo_model.device):
-            mine[i] = _on_cpu(fn(pieces[i]))
-    gathered: list[dict[int, T]] = [{} for _ in range(world)]
-    _dist().all_gather_object(gathered, mine, group=_GROUP[0])
-    results = [part[i] for i in range(len(pieces)) for part in gathered if i in part]
+    base = _shared_seed()
+    results = _share(zoo_model, pieces, fn, lambda i: derive_seed(base, i))
     own = data_blocks(zoo_model)
     if factorises is None or len(own) == len(pieces) or all(factorises(r) for r in results):
         return results
@@ -627,3 +657,43 @@ def map_blocks(
         with _seeded(derive_seed(base, len(pieces) + j), zoo_model.device):
             out.append(fn(block))
     return out
+
+
+def map_points(
+    zoo_model: ZooModel,
+    fn: Callable[[torch.Tensor], T],
+    index: Any,
+    seed: tuple[int, ...],
+    *,
+    particles: int = 1,
+) -> list[T]:
+    """``fn(piece)`` for every piece of a pass over the data points ``index`` (the sorted
+    indices of an evaluation subsample), in order: the :func:`evaluation_pieces` of ``index``
+    with ``particles`` particles, each rank its share, piece i's draws from torch's generators
+    seeded by ``derive_seed(*seed, i)`` (and restored after it: the caller's stream is not
+    touched), gathered on every rank (tensors on the CPU). The same pieces and seeds on any
+    number of ranks up to :data:`EVAL_PIECES`; without a process group, every piece in this
+    process, with the same seeds."""
+    pieces = evaluation_pieces(zoo_model, particles, index)
+    return _share(zoo_model, pieces, fn, lambda i: derive_seed(*seed, i))
+
+
+def _share(
+    zoo_model: ZooModel,
+    pieces: list[Any],
+    fn: Callable[[Any], T],
+    seed_of: Callable[[int], int],
+) -> list[T]:
+    """``fn(piece)`` for every piece, in order: this rank scores pieces rank, rank + W, ...,
+    piece i from torch's generators seeded by ``seed_of(i)``, and every rank gathers all of
+    them (tensors on the CPU). Without a process group, every piece here."""
+    me, world = (rank(), world_size()) if active() else (0, 1)
+    mine = {}
+    for i in range(me, len(pieces), world):
+        with _seeded(seed_of(i), zoo_model.device):
+            mine[i] = _on_cpu(fn(pieces[i]))
+    if world == 1 and not active():
+        return [mine[i] for i in range(len(pieces))]
+    gathered: list[dict[int, T]] = [{} for _ in range(world)]
+    _dist().all_gather_object(gathered, mine, group=_GROUP[0])
+    return [part[i] for i in range(len(pieces)) for part in gathered if i in part]

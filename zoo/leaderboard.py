@@ -1,7 +1,9 @@
 """``python -m zoo.run all``: every model with each of its leaderboard configurations.
 
-Each run is saved like a single run (``runs/<model>/<run-id>/``); the table of all of them,
-one row per (model, guide, training), goes to ``runs/leaderboard.csv`` and to stdout.
+Each run is saved like a single run (``runs/<model>/<run-id>/``, with its own model's
+tightness ladder: :mod:`zoo.ladder`); the table of all of them, one row per (model, guide,
+training), goes to ``runs/leaderboard.csv`` and to stdout, and the zoo's tightness ladder
+(:func:`tightness_ladder`, from :mod:`zoo.ladder`) to ``runs/tightness_ladder.png``.
 """
 
 from __future__ import annotations
@@ -16,39 +18,15 @@ import pandas as pd
 
 from zoo.declarations import elbo_for
 from zoo.errors import ZooError, first_line
+from zoo.ladder import COLUMNS, tightness_ladder
 from zoo.outputs import default_run_dir
 from zoo.registry import get_model, model_names
 from zoo.runner import fit
 
 if TYPE_CHECKING:  # pragma: no cover
-    from matplotlib.figure import Figure
     from pandas.io.formats.style import Styler
 
     from zoo.results import FitResult
-
-COLUMNS = [
-    "model",
-    "guide",
-    "training",
-    "status",
-    "n",
-    "elbo",
-    "elbo_se",
-    "elbo_exact",
-    "best_elbo",
-    "bound",
-    "log_evidence",
-    "gap",
-    "gap_se",
-    "gap_per_point",
-    "shortfall",
-    "iwae",
-    "iwae_se",
-    "khat",
-    "khat_unreliable",
-    "seconds",
-    "error",
-]
 
 
 def run_all(
@@ -66,10 +44,12 @@ def run_all(
     One failing run never stops the others: it gets a row with ``status`` "failed" and the
     one-line reason in ``error`` (its unfinished run directory is removed), and the rest go
     on. ``progress=None`` shows progress bars only when stderr is a terminal. ``models``
-    restricts the runs to those names (all registered models by default).
+    restricts the runs to those names (all registered models by default); an unknown name is
+    a :class:`ZooError` before any run.
     """
+    names = model_names() if models is None else _known(models)
     rows = []
-    for name in model_names() if models is None else models:
+    for name in names:
         cls = get_model(name)
         for overrides in cls.leaderboard:
             overrides = dict(overrides)
@@ -116,70 +96,14 @@ def run_all(
     return table
 
 
-def tightness_ladder(table: pd.DataFrame) -> Figure:
-    """How tight each guide family's bound is, model by model: the gap log p(x) - ELBO per
-    data point on a log axis, ±2 standard errors, the families of a model from the loosest to
-    the tightest. Where the model's evidence is not known exactly the bar is IWAE - ELBO per
-    point (hatched): a lower bound on the gap, which the IWAE's K particles tighten. Gaps
-    below 1e-9 nats per point (an exact guide, up to rounding) are drawn at 1e-9; a run with
-    neither figure says why instead of a bar."""
-    import matplotlib.pyplot as plt
-
-    floor = 1e-9
-    rows = []
-    for model, group in table.groupby("model", sort=False):
-        entries = []
-        for row in group.itertuples(index=False):
-            gap, se, kind, why = math.nan, math.nan, "gap", ""
-            if row.status != "ok":
-                why = "run failed"
-            elif not bool(row.bound):
-                why = "not a bound (point mass)"
-            elif pd.notna(row.gap):
-                gap, se = row.gap / row.n, _or_zero(row.gap_se) / row.n
-            elif pd.notna(row.iwae):
-                gap = (row.iwae - row.elbo) / row.n
-                se = math.hypot(_or_zero(row.elbo_se), _or_zero(row.iwae_se)) / row.n
-                kind = "iwae"
-            else:
-                why = "no exact log p(x), no IWAE"
-            entries.append((f"{model} / {row.guide} / {row.training}", gap, se, kind, why))
-        entries.sort(key=lambda e: -e[1] if e[1] == e[1] else math.inf)
-        rows.extend(entries)
-    fig, ax = plt.subplots(figsize=(8.4, 0.42 * len(rows) + 1.4), constrained_layout=True)
-    finite = [g for _, g, _, _, _ in rows if g == g]
-    top = max(1.0, 3 * max(finite)) if finite else 1.0
-    for i, (_, gap, se, kind, why) in enumerate(rows):
-        if gap != gap:
-            ax.text(floor, i, f"  {why}", va="center", fontsize=8, color="0.35")
-            continue
-        hatch = "//" if kind == "iwae" else None
-        color = "C1" if kind == "iwae" else "C0"
-        ax.barh(i, max(gap, floor), color=color, hatch=hatch, alpha=0.85)
-        if se > 0:
-            low = max(gap - 2 * se, floor)
-            ax.plot([low, max(gap + 2 * se, floor)], [i, i], color="k", lw=1.0)
-    ax.set_yticks(range(len(rows)), [label for label, *_ in rows], fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlim(floor / 2, top)
-    ax.invert_yaxis()
-    ax.set_xlabel("nats per data point (log scale; ±2 SE)")
-    ax.set_title("Tightness ladder: how far each bound is below log p(x)")
-    handles = [
-        plt.Rectangle((0, 0), 1, 1, color="C0"),
-        plt.Rectangle((0, 0), 1, 1, color="C1", hatch="//"),
-    ]
-    ax.legend(
-        handles,
-        ["gap to the exact log evidence", "IWAE − ELBO (below the gap)"],
-        loc="lower right",
-        fontsize=8,
-    )
-    return fig
-
-
-def _or_zero(value: Any) -> float:
-    return float(value) if pd.notna(value) else 0.0
+def _known(models: Sequence[str]) -> list[str]:
+    """``models`` without repeats, each a registered model; else a one-line ZooError."""
+    known = model_names()
+    unknown = [name for name in models if name not in known]
+    if unknown:
+        names = ", ".join(repr(name) for name in unknown)
+        raise ZooError(f"unknown model {names}; choose from {', '.join(known)}")
+    return list(dict.fromkeys(models))
 
 
 def _failed_row(name: str, overrides: Mapping[str, Any], exc: Exception) -> dict[str, Any]:

@@ -152,6 +152,7 @@ def save_run(result: FitResult, run_dir: Path) -> Path:
     import matplotlib.pyplot as plt  # here, not at import: the command line's start stays light
 
     from zoo.diagnostics import finite_or_none
+    from zoo.ladder import write_run_ladder
 
     run_dir = Path(run_dir)
     done = getattr(result, "run_dir", None)
@@ -188,6 +189,7 @@ def save_run(result: FitResult, run_dir: Path) -> Path:
         path = run_dir / "posterior.nc"
         write_atomic(path, netcdf_bytes(result.to_inference_data()))
         files.append(path)
+    files += write_run_ladder(result, run_dir, write_atomic)  # never fails the run
     report = result.report()
     report["files"] = sorted(str(Path(f).relative_to(run_dir)) for f in files)
     text = json.dumps(finite_or_none(report), indent=2, default=_json_default, allow_nan=False)

@@ -21,6 +21,7 @@ import torch
 
 from zoo.diagnostics import Diagnostics, evaluation_subsample
 from zoo.errors import ZooError
+from zoo.ladder import leaderboard_row, training_label
 from zoo.model import ZooModel
 from zoo.run_view import RunView
 from zoo.settings import _REQUIRED, BY_NAME, METHODS, SETTINGS  # noqa: F401  (METHODS re-exported)
@@ -68,9 +69,7 @@ class _RunConfigMethods:
     @property
     def training_label(self) -> str:
         """How the run was trained, for tables: ``svi/trace`` or ``closed-form``."""
-        if self.method != "svi":
-            return self.method
-        return f"svi/{self.elbo}" + ("+local" if self.local_steps else "")
+        return training_label(self.method, self.elbo, self.local_steps)
 
 
 # -- validation of config.json ------------------------------------------------------------------
@@ -309,28 +308,14 @@ class FitResult:
         }
 
     def leaderboard_row(self) -> dict[str, Any]:
-        d = self.diagnostics
-        return {
-            "model": self.model.name,
-            "guide": self.config.guide,
-            "training": self.config.training_label,
-            "n": d.num_data,
-            "elbo": d.elbo,
-            "elbo_se": d.elbo_se,
-            "elbo_exact": d.exact_elbo,
-            "best_elbo": d.best_elbo,
-            "log_evidence": d.log_evidence,
-            "bound": d.elbo_is_bound,
-            "gap": d.gap,
-            "gap_se": d.gap_se,
-            "gap_per_point": None if d.gap is None else d.gap / d.num_data,
-            "shortfall": d.shortfall,
-            "iwae": d.iwae,
-            "iwae_se": d.iwae_se,
-            "khat": d.khat,
-            "khat_unreliable": d.khat_unreliable,
-            "seconds": self.seconds,
-        }
+        """This run's row of the leaderboard (:func:`zoo.ladder.leaderboard_row`)."""
+        return leaderboard_row(
+            self.model.name,
+            self.config.guide,
+            self.config.training_label,
+            self.diagnostics,
+            self.seconds,
+        )
 
     def view(self) -> RunView:
         """This run as the model's figures and tables see it."""

@@ -1,4 +1,4 @@
-"""Command line: ``python -m zoo.run <model> [options]``, ``all [--quick]``, ``--list``.
+"""Command line: ``python -m zoo.run <model> [options]``, ``all [--models a,b]``, ``--list``.
 
 Installed, the same command is the ``elbo-zoo`` console script (``elbo-zoo gmm --quick``).
 
@@ -195,6 +195,12 @@ def build_parser(only: Iterable[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="<model>|all", parser_class=_Parser)
     every = sub.add_parser("all", help="every model, then a leaderboard")
     _add_run_options(every)
+    every.add_argument(
+        "--models",
+        type=_model_list,
+        metavar="NAMES",
+        help="only these models, comma-separated (gmm,vae; default: every model)",
+    )
     entries = catalogue() if full is not None else {}
     for name in model_names():
         if full is not None and name not in full:
@@ -206,6 +212,21 @@ def build_parser(only: Iterable[str] | None = None) -> argparse.ArgumentParser:
         _add_training_options(p, cls)
         _add_file_options(p)
     return parser
+
+
+def _model_list(text: str) -> list[str]:
+    """``--models``: comma-separated model names, each registered (else a usage error that
+    lists the known names)."""
+    names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    known = model_names()
+    if not names:
+        raise argparse.ArgumentTypeError(f"name at least one model of {', '.join(known)}")
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown model {', '.join(map(repr, unknown))}; known: {', '.join(known)}"
+        )
+    return names
 
 
 def _named_models(argv: list[str]) -> set[str]:
@@ -525,6 +546,7 @@ def _main(argv: list[str] | None) -> int:
                     device=args.device,
                     progress=False if args.quiet else None,
                     echo=not args.quiet,
+                    models=args.models,
                 )
             failed = int((table["status"] != "ok").sum())
             if failed:

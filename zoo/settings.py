@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from zoo.declarations import (
     default_method,
     elbo_for,
+    is_in_place_schedule,
     local_step_for,
     local_step_guides,
     training_for,
@@ -346,7 +347,7 @@ def _not_compiled(r: Resolution) -> str | None:
     if r.values["local_steps"]:
         return "closed-form local steps change the guide between gradient steps"
     hook = r.model.on_step  # an instance may set its own (diffusion's averaging, its sampler)
-    if getattr(hook, "__func__", hook) is not ZooModel.on_step:
+    if getattr(hook, "__func__", hook) is not ZooModel.on_step and not is_in_place_schedule(hook):
         return f"model {model.name!r} changes with the step (its own schedule)"
     return None
 

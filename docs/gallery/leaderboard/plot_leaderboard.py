@@ -15,19 +15,22 @@ of training.
 # Run every model
 # ---------------
 # The runs are saved as ``python -m zoo.run all`` saves them, into a temporary directory that
-# is removed afterwards: only the table stays.
+# is removed afterwards: only the table and each model's ladder, read back from the stored
+# runs, stay.
 import os
 import tempfile
 
 import matplotlib.pyplot as plt
 import numpy as np
 
+from zoo.ladder import ladder_panels, model_tables
 from zoo.leaderboard import run_all, tightness_ladder
 
 QUICK = os.environ.get("ZOO_DOCS_QUICK") == "1"  # set by `make -C docs html-quick`
 
 with tempfile.TemporaryDirectory() as root:
     table = run_all(quick=QUICK, seed=0, root=root, progress=False, echo=False)
+    ladders = model_tables(root)  # each model's runs, read back from their run directories
 
 # %%
 # The table
@@ -80,4 +83,16 @@ floats = shown.select_dtypes("float").columns
 # no bound to show. ``python -m zoo.run all`` saves the same figure as
 # ``runs/tightness_ladder.png``.
 tightness_ladder(table)
+plt.show()
+
+# %%
+# Each model's ladder
+# -------------------
+# The same ladder, one panel per model on one shared axis, read back from the runs stored under
+# the runs root (``runs/<model>/<run-id>/report.json``) by :func:`zoo.ladder.model_tables`,
+# with no training: for each model the latest finished run of each guide and training among
+# those with the options, data, seed and evaluation of its newest run. Every finished run
+# draws its own model's ladder into its run directory (``tightness_ladder.png``), that run's
+# bar outlined.
+ladder_panels(ladders)
 plt.show()

@@ -106,6 +106,7 @@ from pyro import poutine
 from pyro.distributions import constraints
 
 from zoo.data import as_float_array, read_numeric_table
+from zoo.declarations import in_place_schedule
 from zoo.diagnostics import RANDOM_TERM
 from zoo.errors import DataError
 from zoo.model import (
@@ -314,7 +315,8 @@ class Diffusion(DiffusionEvaluation):
         if self.t_sampler != "stratified" or self.ema_decay > 0:
             # between steps: the average and the sampler's density are updated in place, outside
             # the training step (a compiled step reads the density in place, as it reads the
-            # weights), so the hook is this instance's and the class keeps the base one
+            # weights: the hook is marked so); the hook is this instance's, the class keeps the
+            # base one
             self.on_step = self._between_steps
         self.x = self.tensor(values)
         self.x_test = None if test is None else self.tensor(test)
@@ -389,6 +391,7 @@ class Diffusion(DiffusionEvaluation):
         return out
 
     # -- between training steps -----------------------------------------------------------------
+    @in_place_schedule
     def _between_steps(self, step: int, total: int) -> None:
         """Before SVI step ``step`` (the runner's hook, with ``--ema`` or an importance
         sampler): fold the weights after step - 1 into the average, and every

@@ -44,8 +44,9 @@ particles. Its numbers are those of Pyro's distribution (tested).
 Data (:mod:`~zoo.models.scvi.data`): scanpy's bundled ``pbmc68k_reduced`` (700 PBMCs x 765
 genes, 10 cell types; no download), the user's ``.h5ad`` (a counts layer or X; ``backed`` reads
 mini-batches from the file), an ``AnnData`` object or a scipy sparse matrix
-(:mod:`~zoo.models.scvi.anndata_io`), 10x ``.mtx`` directories or CSV; or a seeded simulation
-from this model's own generative process (:func:`~zoo.models.scvi.simulate.simulate_scvi`).
+(:mod:`~zoo.models.scvi.anndata_io`), 10x ``.mtx`` directories or CSV (cells x genes, or genes x
+cells with ``genes_in_rows``); or a seeded simulation from this model's own generative process
+(:func:`~zoo.models.scvi.simulate.simulate_scvi`).
 ``n_top_genes`` keeps the highly variable genes of the training cells as scanpy's
 ``flavor="seurat"`` selects them (:mod:`~zoo.models.scvi.genes`) before training. A run saves
 the latent means as ``latent_means.csv`` and, with anndata installed, as ``latent.h5ad``

@@ -15,6 +15,11 @@ CSV files, and :func:`load_counts`, which picks the reader by the path.
   (genes x cells), ``genes.tsv``/``features.tsv`` and ``barcodes.tsv``, each optionally gzipped.
 - :func:`read_count_csv`: one row per cell, one numeric column per gene; a first text column
   is the cell name and a column named like a label (``cell_type``, ``label``...) the labels.
+  With ``genes_in_rows`` (``--genes-in-rows true``), one row per gene and one column per cell,
+  as R's ``write.csv`` of a count matrix writes it (scanpy reads such a file with
+  ``sc.read_csv(path).T``). A file whose own labels say it is the other way round (gene IDs
+  or names down its first column, cell barcodes or names across its header, a first column
+  named ``gene``...) is refused in one line naming the option, never read transposed.
 
 Everything a user can get wrong (a missing file, an unknown layer, values that are not counts,
 a damaged file) is a one-line :class:`~zoo.errors.DataError`: every sparse matrix's structure
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import re
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +42,12 @@ import scipy.sparse as sp
 
 from zoo.data import READ_ERRORS, check_header
 from zoo.errors import DataError, first_line
-from zoo.models.scvi.anndata_io import anndata_available, read_h5ad_with_anndata
+from zoo.models.scvi.anndata_io import (
+    anndata_available,
+    count_data_from_anndata,
+    in_memory_counts,
+    read_h5ad_with_anndata,
+)
 from zoo.models.scvi.counts import (
     LABEL_KEYS,
     CountData,
@@ -48,7 +59,13 @@ from zoo.models.scvi.counts import (
 )
 from zoo.models.scvi.h5ad import frame_index, frame_numeric, labels_from_frame, read_h5ad_h5py
 from zoo.models.scvi.hdf5 import BackedCSRCounts, matrix_shape, read_sparse
+from zoo.outputs import is_anndata
 
+#: the refusal of ``genes_in_rows`` for data other than a CSV file
+GENES_IN_ROWS_CSV_ONLY = (
+    "genes_in_rows (--genes-in-rows) applies to a CSV or TSV --data file, not {data}: "
+    "an h5ad file and a 10x matrix say themselves which axis is cells"
+)
 PBMC_FILE = "10x_pbmc68k_reduced.h5ad"
 #: pip command that makes the bundled data available without scanpy's dependencies
 PBMC_INSTALL = "pip install --no-deps scanpy==1.11.5"
@@ -330,11 +347,20 @@ def read_10x_mtx(
 
 
 def read_count_csv(
-    path: str | Path, *, label_key: str | None = None, allow_non_counts: bool = False
+    path: str | Path,
+    *,
+    label_key: str | None = None,
+    allow_non_counts: bool = False,
+    genes_in_rows: bool = False,
 ) -> CountData:
     """A CSV (or TSV) with one row per cell and one numeric column per gene. A first column of
     text is the cell names; a text column named ``label_key`` (or one of :data:`LABEL_KEYS`)
-    holds the labels. Any other text column is an error."""
+    holds the labels. Any other text column is an error.
+
+    ``genes_in_rows``: one row per gene and one numeric column per cell instead (a first column
+    of text is the gene names, the header the cell names; such a file holds no labels). Where
+    the file's labels say it is the other way round from what ``genes_in_rows`` says
+    (:func:`orientation_clue`), a one-line :class:`DataError` names the option."""
     import pandas as pd
 
     path = Path(path)
@@ -355,6 +381,8 @@ def read_count_csv(
                 f"{where}: column {str(name)!r} holds true/false values, not counts "
                 "(write them as 1 and 0)"
             )
+    if genes_in_rows:
+        return _read_genes_by_cells(frame, path, label_key, allow_non_counts)
     numeric = set(frame.select_dtypes(include="number").columns)
     cells = None
     first = frame.columns[0]
@@ -377,6 +405,15 @@ def read_count_csv(
         key = wanted[0]
         labels = frame[key].astype(str).to_numpy(dtype=object)
         frame = frame.drop(columns=key)
+    row_key = None if cells is None else first
+    columns = [c for c in frame.columns if c in numeric]
+    clue = orientation_clue(row_key, cells, columns, genes_in_rows=False)
+    if clue is not None:
+        raise DataError(
+            f"{where} looks like genes x cells: {clue}; if each row is a gene and each column "
+            "a cell (R's write.csv of a count matrix), pass genes_in_rows=True "
+            "(--genes-in-rows true)"
+        )
     text = [c for c in frame.columns if c not in numeric]
     if text:
         column = frame[text[0]]
@@ -399,6 +436,127 @@ def read_count_csv(
         key,
         f"CSV {path.name}",
     )
+
+
+def _read_genes_by_cells(
+    frame: Any, path: Path, label_key: str | None, allow_non_counts: bool
+) -> CountData:
+    """:func:`read_count_csv` of a genes x cells table (``genes_in_rows``), as cells x genes."""
+    import pandas as pd
+
+    where = repr(str(path))
+    if label_key is not None:
+        raise DataError(
+            f"{where}: label_key {label_key!r} names a column, but with genes_in_rows the "
+            "columns are cells: a genes x cells CSV holds no cell labels"
+        )
+    numeric = set(frame.select_dtypes(include="number").columns)
+    genes = None
+    first = frame.columns[0]
+    if first not in numeric:
+        genes = frame[first].astype(str).to_numpy(dtype=object)
+        frame = frame.drop(columns=first)
+    columns = [c for c in frame.columns if c in numeric]
+    clue = orientation_clue(None if genes is None else first, genes, columns, genes_in_rows=True)
+    if clue is not None:
+        raise DataError(
+            f"{where} looks like cells x genes: {clue}; genes_in_rows=True "
+            "(--genes-in-rows true) reads each row as a gene: leave it out to read one row "
+            "per cell"
+        )
+    text = [c for c in frame.columns if c not in numeric]
+    if text:
+        column = frame[text[0]]
+        unparsed = column[pd.to_numeric(column, errors="coerce").isna()]
+        bad = unparsed.iloc[0] if len(unparsed) else column.iloc[0]
+        raise DataError(
+            f"{where}: column {text[0]!r} is not numeric (value {bad!r}); with genes_in_rows a "
+            "count CSV has one row per gene, a first column of gene names and one numeric "
+            "column per cell"
+        )
+    if frame.shape[1] == 0:
+        raise DataError(f"{where} has no cell (numeric) column")
+    values = np.ascontiguousarray(frame.to_numpy(dtype=np.float64).T)
+    check_shape(*values.shape, where)
+    check_counts(values, where, allow_non_counts=allow_non_counts)
+    cells = np.array([str(c) for c in frame.columns], dtype=object)
+    return finish_count_data(InMemoryCounts(values), cells, genes, None, None, f"CSV {path.name}")
+
+
+# --------------------------------------------------------------------------------------------
+# Which way round a count CSV is
+# --------------------------------------------------------------------------------------------
+#: a label that names a gene: an Ensembl gene ID (``ENSG00000141510``, ``ENSMUSG...``, with or
+#: without its version) or a generic gene name (``gene12``, ``Gene_12``, ``feature3``)
+_GENE_LABEL = re.compile(r"ENS[A-Z]*G\d{6,}(\.\d+)?|(?i:(gene|feature)s?[\W_]*\d+)")
+#: a label that names a cell: a sequenced barcode (8 or more bases, as 10x's 16 with its "-1"
+#: suffix, with any sample prefix or suffix) or a generic cell name (``cell12``, ``Cell_12``,
+#: ``barcode3``)
+_CELL_LABEL = re.compile(
+    r"([\w.]*[_:.-])?[ACGTN]{8,}([_:.-][\w.]*)?|(?i:(cell|barcode)s?[\W_]*\d+)"
+)
+#: first-column names that say the rows are genes (``gene``, ``gene_id``, ``symbol``,
+#: ``ensembl_gene_id``...), and those that say they are cells (``cell``, ``barcode``...)
+_GENE_KEY = re.compile(r"(ensembl_)?(gene|feature)s?(_?(id|name|symbol)s?)?|symbols?|ensembl(_id)?")
+_CELL_KEY = re.compile(r"(cell|barcode)s?(_?(id|name|barcode)s?)?|obs_names")
+#: the labels of each side that are looked at (the first ones)
+_LABELS_READ = 2000
+
+
+def _label_lean(labels: Sequence[Any] | None) -> tuple[float, str | None, str | None]:
+    """How far ``labels`` lean to genes: (gene-like - cell-like) / labels, in [-1, 1] (0 for
+    none), with the first gene-like and the first cell-like label (None where none is)."""
+    if labels is None or len(labels) == 0:
+        return 0.0, None, None
+    seen = [str(label).strip() for label in list(labels[:_LABELS_READ])]
+    genes = [label for label in seen if _GENE_LABEL.fullmatch(label)]
+    cells = [label for label in seen if _CELL_LABEL.fullmatch(label)]
+    lean = (len(genes) - len(cells)) / len(seen)
+    return lean, genes[0] if genes else None, cells[0] if cells else None
+
+
+def _key(name: Any) -> str:
+    return re.sub(r"[\s-]+", "_", str(name).strip().lower())
+
+
+def orientation_clue(
+    row_key: Any,
+    row_labels: Sequence[Any] | None,
+    column_names: Sequence[Any],
+    *,
+    genes_in_rows: bool,
+) -> str | None:
+    """What in a count table's labels says it is the other way round from ``genes_in_rows``
+    (None: nothing does). ``row_labels`` are its first column's text (None without one),
+    ``row_key`` that column's name, ``column_names`` the names of its numeric columns.
+
+    Only the labels speak, never the shape (a data set can have more cells than genes or more
+    genes than cells): the first column's name where it is one of the usual names of a gene
+    (``gene``, ``gene_id``, ``symbol``...) or of a cell (``cell``, ``barcode``...) column; or
+    the two sides' labels leaning the other way by more than half of them, a label's lean being
+    +1 for a gene (an Ensembl ID, ``gene12``), -1 for a cell (a sequenced barcode, ``cell12``)
+    and 0 for anything else (a gene symbol, which a cell's name can look like)."""
+    wrong_key, other = (_CELL_KEY, "cell") if genes_in_rows else (_GENE_KEY, "gene")
+    if row_key is not None and wrong_key.fullmatch(_key(row_key)):
+        return f"its first column is named {str(row_key)!r}, as a {other} column is"
+    row_lean, row_gene, row_cell = _label_lean(row_labels)
+    column_lean, column_gene, column_cell = _label_lean(column_names)
+    towards_genes = row_lean - column_lean  # how far the rows lean to genes past the columns
+    if genes_in_rows:
+        if -towards_genes <= 0.5:
+            return None
+        clues = [
+            f"its first column holds cell names ({row_cell!r})" if row_cell else None,
+            f"its header holds gene names ({column_gene!r})" if column_gene else None,
+        ]
+    else:
+        if towards_genes <= 0.5:
+            return None
+        clues = [
+            f"its first column holds gene names ({row_gene!r})" if row_gene else None,
+            f"its header holds cell names ({column_cell!r})" if column_cell else None,
+        ]
+    return " and ".join(clue for clue in clues if clue)
 
 
 def read_h5ad(
@@ -433,11 +591,17 @@ def load_counts(
     backed: bool = False,
     label_key: str | None = None,
     allow_non_counts: bool = False,
+    genes_in_rows: bool = False,
 ) -> CountData:
     """The user's counts from ``path``: an ``.h5ad`` file, a 10x matrix directory (or its
-    ``matrix.mtx``), or a ``.csv``/``.tsv`` file. ``backed`` applies to h5ad only."""
+    ``matrix.mtx``), or a ``.csv``/``.tsv`` file. ``backed`` applies to h5ad only;
+    ``genes_in_rows`` (one row per gene) to a CSV only, where it is refused for any other
+    file (their orientation is fixed)."""
     path = Path(path)
     name = path.name.lower()
+    csv = name.endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz"))
+    if genes_in_rows and not csv:
+        raise DataError(GENES_IN_ROWS_CSV_ONLY.format(data=repr(str(path))))
     if path.is_dir():
         return read_10x_mtx(path, allow_non_counts=allow_non_counts)
     if name.endswith((".mtx", ".mtx.gz")):
@@ -450,10 +614,65 @@ def load_counts(
             label_key=label_key,
             allow_non_counts=allow_non_counts,
         )
-    if name.endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz")):
-        return read_count_csv(path, label_key=label_key, allow_non_counts=allow_non_counts)
+    if csv:
+        return read_count_csv(
+            path,
+            label_key=label_key,
+            allow_non_counts=allow_non_counts,
+            genes_in_rows=genes_in_rows,
+        )
     if not path.exists():
         raise DataError(f"data file {str(path)!r} does not exist")
     raise DataError(
         f"cannot read {str(path)!r}: use an .h5ad file, a 10x matrix directory or a .csv file"
+    )
+
+
+def user_count_data(
+    data: Any,
+    *,
+    layer: str = "auto",
+    backed: bool = False,
+    label_key: str | None = None,
+    allow_non_counts: bool = False,
+    genes_in_rows: bool = False,
+) -> CountData:
+    """The counts of the user's ``data``: a path (:func:`load_counts`), a :class:`CountData`,
+    an ``AnnData`` object, a scipy sparse matrix or an array (cells x genes: ``genes_in_rows``
+    applies to a CSV file only, and is refused for anything else)."""
+    if isinstance(data, str | Path):
+        return load_counts(
+            data,
+            layer=layer,
+            backed=backed,
+            label_key=label_key,
+            allow_non_counts=allow_non_counts,
+            genes_in_rows=genes_in_rows,
+        )
+    if genes_in_rows:
+        raise DataError(GENES_IN_ROWS_CSV_ONLY.format(data=f"a {type(data).__name__}"))
+    if isinstance(data, CountData):
+        return data
+    if is_anndata(data):
+        return count_data_from_anndata(
+            data, layer=layer, label_key=label_key, allow_non_counts=allow_non_counts
+        )
+    if sp.issparse(data):
+        where = "the sparse count matrix"
+        source: CountSource = in_memory_counts(data, where, allow_non_counts=allow_non_counts)
+        description = "sparse count matrix"
+    else:
+        values = np.asarray(data)
+        if values.ndim != 2:
+            raise DataError(f"the count array has shape {values.shape}; expected cells x genes")
+        check_counts(values, "the count array", allow_non_counts=allow_non_counts)
+        source, description = InMemoryCounts(values), "count array"
+    n, g = source.shape
+    return CountData(
+        source,
+        np.array([f"cell{i + 1}" for i in range(n)], dtype=object),
+        np.array([f"gene{j + 1}" for j in range(g)], dtype=object),
+        None,
+        None,
+        description,
     )

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyro
 import pyro.distributions as dist
-import scipy.sparse as sp
 import torch
 
 from guides.amortized import AmortizedGuide, GaussianEncoder
@@ -40,27 +39,23 @@ from zoo.models.amortized import (
 )
 from zoo.models.scvi.anndata_io import (
     anndata_available,
-    count_data_from_anndata,
-    in_memory_counts,
     latent_adata_of,
 )
 from zoo.models.scvi.counts import (
     CountData,
     CountSource,
     InMemoryCounts,
-    check_counts,
     compare_gene_statistics,
     gene_statistics,
     select_genes,
 )
-from zoo.models.scvi.data import load_counts, load_pbmc68k_reduced
+from zoo.models.scvi.data import GENES_IN_ROWS_CSV_ONLY, load_pbmc68k_reduced, user_count_data
 from zoo.models.scvi.figures import plot_generated_vs_real, plot_latent_embedding
 from zoo.models.scvi.genes import GeneSelection, highly_variable_genes
 from zoo.models.scvi.likelihood import LIKELIHOODS, ScviCounts
 from zoo.models.scvi.simulate import ScviSimulation, make_decoder, simulate_scvi
 from zoo.models.scvi.work import WorkClock
 from zoo.options import fraction_below_one
-from zoo.outputs import is_anndata
 from zoo.registry import register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -116,6 +111,13 @@ class SingleCellVI(AmortizedModel):
         Option("backed", boolean, False, "read h5ad mini-batches from disk (CSR or dense X)"),
         Option("allow_non_counts", boolean, False, "proceed (with a warning) on non-integers"),
         Option(
+            "genes_in_rows",
+            boolean,
+            False,
+            "a CSV --data holds one row per gene and one column per cell (R's write.csv of a "
+            "count matrix); false: one row per cell",
+        ),
+        Option(
             "n_top_genes",
             positive_int,
             None,
@@ -138,7 +140,8 @@ class SingleCellVI(AmortizedModel):
     )
     data_help = (
         ".h5ad file (counts layer or X; --layer, --backed), 10x matrix directory "
-        "(matrix.mtx, genes.tsv/features.tsv, barcodes.tsv) or CSV (cells x genes) of counts"
+        "(matrix.mtx, genes.tsv/features.tsv, barcodes.tsv) or CSV of counts: cells x genes, "
+        "or genes x cells with --genes-in-rows true"
     )
     guides = {"mean-field": Guide(elbo="meanfield")}
     default_guide = "mean-field"
@@ -179,6 +182,8 @@ class SingleCellVI(AmortizedModel):
         self._work_clock = WorkClock()
         self._guide: AmortizedGuide | None = None
         label_key = None if opts["label_key"] in ("auto", "") else opts["label_key"]
+        if data is None and opts["genes_in_rows"]:
+            raise DataError(GENES_IN_ROWS_CSV_ONLY.format(data=f"the {opts['dataset']} data"))
         if data is None and opts["dataset"] == "simulated":
             sim = simulate_scvi(
                 opts["num_cells"],
@@ -200,48 +205,14 @@ class SingleCellVI(AmortizedModel):
             )
         elif data is None:
             self.dataset = load_pbmc68k_reduced(backed=opts["backed"])
-        elif isinstance(data, str | Path):
-            self.dataset = load_counts(
+        else:  # the user's own: a file, an AnnData, a matrix
+            self.dataset = user_count_data(
                 data,
                 layer=opts["layer"],
                 backed=opts["backed"],
                 label_key=label_key,
                 allow_non_counts=opts["allow_non_counts"],
-            )
-        elif isinstance(data, CountData):
-            self.dataset = data
-        elif is_anndata(data):
-            self.dataset = count_data_from_anndata(
-                data,
-                layer=opts["layer"],
-                label_key=label_key,
-                allow_non_counts=opts["allow_non_counts"],
-            )
-        elif sp.issparse(data):
-            where = "the sparse count matrix"
-            source = in_memory_counts(data, where, allow_non_counts=opts["allow_non_counts"])
-            n, g = source.shape
-            self.dataset = CountData(
-                source,
-                np.array([f"cell{i + 1}" for i in range(n)], dtype=object),
-                np.array([f"gene{j + 1}" for j in range(g)], dtype=object),
-                None,
-                None,
-                "sparse count matrix",
-            )
-        else:
-            values = np.asarray(data)
-            if values.ndim != 2:
-                raise DataError(f"the count array has shape {values.shape}; expected cells x genes")
-            check_counts(values, "the count array", allow_non_counts=opts["allow_non_counts"])
-            n, g = values.shape
-            self.dataset = CountData(
-                InMemoryCounts(values),
-                np.array([f"cell{i + 1}" for i in range(n)], dtype=object),
-                np.array([f"gene{j + 1}" for j in range(g)], dtype=object),
-                None,
-                None,
-                "count array",
+                genes_in_rows=opts["genes_in_rows"],
             )
         d = self.dataset
         totals = d.source.totals()
