@@ -211,8 +211,9 @@ def test_neural_importance_sampling_beside_the_bound(van_run, mean_field_run):
     """The NIS estimate log mean w from the summary's 4,000 draws (Nicoli et al. 2020): never
     below the ELBO of the same draws (Jensen), within 4 of its standard errors of the exact
     log Z where the weights are well behaved (VAN: ESS in the thousands, k-hat < 0.5), and
-    closer to it than the bound there unless both are within the estimate's noise. Mean field's weights on 4 x 4 are poor (ESS a few
-    percent): the report says so through the ESS and k-hat it carries."""
+    closer to it than the bound there unless both are within the estimate's noise. Mean
+    field's weights on 4 x 4 are poor (ESS a few percent): the report says so through the ESS
+    and k-hat it carries."""
     log_z = van_run.summary["log_z"]
     q = van_run.summary["q"]
     assert q["nis_log_z"] >= q["elbo"]
