@@ -414,17 +414,14 @@ def read_count_csv(
             "a cell (R's write.csv of a count matrix), pass genes_in_rows=True "
             "(--genes-in-rows true)"
         )
-    text = [c for c in frame.columns if c not in numeric]
-    if text:
-        column = frame[text[0]]
-        unparsed = column[pd.to_numeric(column, errors="coerce").isna()]
-        bad = unparsed.iloc[0] if len(unparsed) else column.iloc[0]
-        raise DataError(
-            f"{where}: column {text[0]!r} is not numeric (value {bad!r}); a count CSV has one "
-            "row per cell, a first column of cell names and one numeric column per gene"
-        )
-    if frame.shape[1] == 0:
-        raise DataError(f"{where} has no gene (numeric) column")
+    _check_numeric(
+        frame,
+        numeric,
+        where,
+        "a count CSV has one row per cell, a first column of cell names and one numeric "
+        "column per gene",
+        "gene",
+    )
     values = frame.to_numpy(dtype=np.float64)
     check_shape(*values.shape, where)
     check_counts(values, where, allow_non_counts=allow_non_counts)
@@ -438,11 +435,25 @@ def read_count_csv(
     )
 
 
+def _check_numeric(frame: Any, numeric: set, where: str, layout: str, unit: str) -> None:
+    """A one-line :class:`DataError` naming the first column of ``frame`` that is not numeric
+    (with its first unparsable value and the ``layout`` expected), or where none is left."""
+    import pandas as pd
+
+    text = [c for c in frame.columns if c not in numeric]
+    if text:
+        column = frame[text[0]]
+        unparsed = column[pd.to_numeric(column, errors="coerce").isna()]
+        bad = unparsed.iloc[0] if len(unparsed) else column.iloc[0]
+        raise DataError(f"{where}: column {text[0]!r} is not numeric (value {bad!r}); {layout}")
+    if frame.shape[1] == 0:
+        raise DataError(f"{where} has no {unit} (numeric) column")
+
+
 def _read_genes_by_cells(
     frame: Any, path: Path, label_key: str | None, allow_non_counts: bool
 ) -> CountData:
     """:func:`read_count_csv` of a genes x cells table (``genes_in_rows``), as cells x genes."""
-    import pandas as pd
 
     where = repr(str(path))
     if label_key is not None:
@@ -464,18 +475,14 @@ def _read_genes_by_cells(
             "(--genes-in-rows true) reads each row as a gene: leave it out to read one row "
             "per cell"
         )
-    text = [c for c in frame.columns if c not in numeric]
-    if text:
-        column = frame[text[0]]
-        unparsed = column[pd.to_numeric(column, errors="coerce").isna()]
-        bad = unparsed.iloc[0] if len(unparsed) else column.iloc[0]
-        raise DataError(
-            f"{where}: column {text[0]!r} is not numeric (value {bad!r}); with genes_in_rows a "
-            "count CSV has one row per gene, a first column of gene names and one numeric "
-            "column per cell"
-        )
-    if frame.shape[1] == 0:
-        raise DataError(f"{where} has no cell (numeric) column")
+    _check_numeric(
+        frame,
+        numeric,
+        where,
+        "with genes_in_rows a count CSV has one row per gene, a first column of gene names "
+        "and one numeric column per cell",
+        "cell",
+    )
     values = np.ascontiguousarray(frame.to_numpy(dtype=np.float64).T)
     check_shape(*values.shape, where)
     check_counts(values, where, allow_non_counts=allow_non_counts)
