@@ -118,6 +118,8 @@ def _fails_cleanly(out, needle):
         (["--resume", "nowhere"], "not a run directory"),
         (["gmm", "--steps", "2", "--out", "/proc/no-such-dir"], "/proc/no-such-dir"),
         (["gmm", "--local-steps"], "unrecognized arguments"),
+        (["all", "--run-dir", "one", "--quick"], "unrecognized arguments: --run-dir"),
+        (["all", "--overwrite", "--quick"], "unrecognized arguments: --overwrite"),
         (
             ["empirical-bayes", "--guide", "exact", "--local-steps", "--steps", "2"],
             "no closed-form local step for guide 'exact'",

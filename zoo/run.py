@@ -112,6 +112,8 @@ def _add_run_options(parser: argparse.ArgumentParser, cls: type[ZooModel] | None
         help=f"torch intra-op threads, at most the {available_cpus()} CPUs here (default: torch's)",
     )
     run.add_argument("--out", type=Path, default=Path("runs"), help="root of run directories")
+    if cls is None:  # `all`: each run gets a new directory under --out
+        return
     run.add_argument("--run-dir", type=Path, help="exact directory for this run's outputs")
     run.add_argument(
         "--overwrite",
