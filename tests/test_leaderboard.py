@@ -68,3 +68,26 @@ def test_one_line_reasons():
     assert leaderboard.one_line(ZooError("bad option --x")) == "bad option --x"
     assert leaderboard.one_line(ValueError("a\nb")) == "ValueError: a"
     assert leaderboard.one_line(MemoryError()) == "MemoryError"
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "training"),
+    [
+        ("eight-schools", {}, "svi/meanfield+local"),
+        ("eight-schools", {"local_steps": False}, "svi/meanfield"),
+        ("normal-gamma", {"method": "closed-form"}, "closed-form"),
+        ("gmm", {"elbo": "enum"}, "svi/enum"),
+    ],
+)
+def test_a_failed_row_is_labelled_as_its_run_would_be(name, overrides, training):
+    """A failed run's row names its training as the settled run would have (the model's
+    default method and estimator, "+local" where its guide's local step is on by default)."""
+    from zoo.settings import resolve
+
+    row = leaderboard._failed_row(name, overrides, RuntimeError("x"))
+    assert row["training"] == training
+    settled = resolve(_MODELS[name](), overrides)
+    label = leaderboard.training_label(
+        settled["method"], settled["elbo"], settled["local_steps"]
+    )
+    assert label == training

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from zoo.declarations import elbo_for
+from zoo.declarations import default_method, elbo_for, local_step_for
 from zoo.errors import ZooError, first_line
-from zoo.ladder import COLUMNS, tightness_ladder
+from zoo.ladder import COLUMNS, tightness_ladder, training_label
 from zoo.outputs import default_run_dir
 from zoo.registry import get_model, model_names
 from zoo.runner import fit
@@ -110,8 +110,11 @@ def _failed_row(name: str, overrides: Mapping[str, Any], exc: Exception) -> dict
     """The leaderboard row of a run that raised: its settings, status and the reason."""
     cls = get_model(name)
     guide = overrides.get("guide") or cls.default_guide
-    method = overrides.get("method", "svi")
-    training = method if method != "svi" else f"svi/{overrides.get('elbo') or elbo_for(cls, guide)}"
+    method = overrides.get("method") or default_method(cls)
+    local = overrides.get("local_steps")
+    if local is None:  # the setting's default: on where the guide has a closed-form local step
+        local = local_step_for(cls, guide) is not None
+    training = training_label(method, overrides.get("elbo") or elbo_for(cls, guide), local)
     return {
         "model": name,
         "guide": guide,
